@@ -1,0 +1,398 @@
+"""Training text: a corpus, the byte-level BPE tokenizer trained on it, and the batches the trainer reads.
+
+The corpus is either the running Python's standard library (embedded, nothing to download) or the text column of
+parquet files (e.g. FineWeb / climbmix shards). The tokenizer and the tokenized splits are built once and cached
+under `cache_dir/<key>/`, where the key fingerprints everything that determines the tokens:
+
+    <key>/tokenizer/   tokenizer.json + tokenizer_config.json (transformers `save_pretrained`)
+    <key>/train.npy    1-D token ids, each document preceded by <|bos|>
+    <key>/val.npy      the same for the held-out split
+    <key>/.lock        taken while building, so concurrent trials build once and never see half a cache
+"""
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grain
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# transformers is used for its tokenizer class only; its "PyTorch was not found" notice is noise here.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|reserved_0|>")  # ids 0..3, in this order
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
+
+_FORMAT = 1  # part of the cache key: bump it when the cached files change meaning
+# BPE is trained on at most this much text: the whole stdlib training split, a fair sample of a web corpus, and
+# about 10 s on 2 cores.
+_TOKENIZER_TRAIN_BYTES = 32 * 2**20
+# Text handed to one batched encode call: enough documents to keep every core busy, little enough to bound memory.
+_ENCODE_CHUNK_CHARS = 8 * 2**20
+_STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+class DataError(ValueError):
+    """Unusable data settings or input; the message is one line saying what is wrong and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    """The `data/` config group: where the text comes from and where its tokenization is cached."""
+
+    source: str = "pystdlib"  # "pystdlib" | "parquet"
+    train_files: list[str] = field(default_factory=list)  # parquet: paths or glob patterns
+    val_files: list[str] = field(default_factory=list)  # parquet: paths or glob patterns
+    text_column: str = "text"
+    val_fraction: float = 0.1  # pystdlib: share of files held out
+    max_train_bytes: int | None = None  # optional cap on training text (None = all)
+    cache_dir: str = "~/.cache/jaxhpo"  # tokenizer + token shards cached here
+
+
+@dataclass
+class Corpus:
+    """A tokenized corpus, as the trainer consumes it."""
+
+    tokenizer: PreTrainedTokenizerFast
+    train_tokens: np.ndarray  # 1-D uint16 (uint32 for vocabularies over 65536), memory-mapped from the cache
+    val_tokens: np.ndarray
+    token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id decodes to; 0 for special and unused ids
+    key: str  # the cache folder's name
+
+
+@dataclass
+class _Source:
+    """A corpus's files per split and how to read the documents out of one file."""
+
+    train_files: list[Path]
+    val_files: list[Path]
+    read: Callable[[Path], Iterator[str]]
+
+    def documents(self, files: list[Path]) -> Iterator[str]:
+        return itertools.chain.from_iterable(map(self.read, files))
+
+
+def load_corpus(cfg: DataConfig, vocab_size: int) -> Corpus:
+    """The tokenizer and token shards for `cfg`, from the cache, building what is missing first."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise DataError(f"vocab_size={vocab_size} must be at least {MIN_VOCAB_SIZE} (256 bytes + the specials)")
+    if cfg.max_train_bytes is not None and cfg.max_train_bytes < 1:
+        raise DataError(f"data.max_train_bytes={cfg.max_train_bytes} must be positive, or null for all the text")
+    source = _resolve_source(cfg)
+    key = f"{cfg.source}-v{vocab_size}-{_fingerprint(cfg, source)}"
+    root = Path(cfg.cache_dir).expanduser() / key
+    if not _is_complete(root):
+        root.mkdir(parents=True, exist_ok=True)
+        with _exclusive(root):
+            _build(root, cfg, source, vocab_size)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"))
+    return Corpus(
+        tokenizer=tokenizer,
+        train_tokens=np.load(root / "train.npy", mmap_mode="r"),
+        val_tokens=np.load(root / "val.npy", mmap_mode="r"),
+        token_bytes=_token_bytes(tokenizer, vocab_size),
+        key=key,
+    )
+
+
+def train_batches(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless int32 (batch_size, seq_len + 1) windows at shuffled start offsets, reshuffled every epoch."""
+    n_starts = len(tokens) - seq_len
+    if n_starts < 1:
+        raise DataError(f"the training split has {len(tokens):,} tokens, too few for one window of {seq_len + 1}")
+    # grain seeds epoch e with seed + e, so seeds 0 and 1 would replay each other's epochs one apart; a hashed
+    # seed keeps nearby seeds unrelated.
+    shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    window = np.arange(seq_len + 1)
+    dataset = (
+        grain.MapDataset.range(n_starts)
+        .shuffle(seed=shuffle_seed)
+        .repeat()
+        .batch(batch_size)
+        .map(lambda starts: np.asarray(tokens[starts[:, None] + window], dtype=np.int32))
+    )
+    # One background thread computes the next batches while the accelerator works on this one.
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+
+
+def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_tokens: int) -> Iterator[np.ndarray]:
+    """The fixed evaluation set: consecutive int32 (batch_size, seq_len + 1) windows from the start of `tokens`."""
+    if n_tokens < 1:
+        raise DataError(f"the evaluation needs a positive number of tokens, got {n_tokens}")
+    per_batch = batch_size * seq_len
+    n_batches = -(-n_tokens // per_batch)
+    needed = n_batches * per_batch + 1
+    if len(tokens) < needed:
+        raise DataError(
+            f"the held-out split has {len(tokens):,} tokens but evaluating {n_tokens:,} tokens as {n_batches} "
+            f"batches of {batch_size}x{seq_len} needs {needed:,}; lower the model's eval_tokens or hold out more "
+            "text (data.val_fraction, data.val_files)"
+        )
+    rows = np.arange(batch_size)[:, None] * seq_len + np.arange(seq_len + 1)
+    return (np.asarray(tokens[b * per_batch + rows], dtype=np.int32) for b in range(n_batches))
+
+
+# --- sources ------------------------------------------------------------------------------------------------
+
+
+def _resolve_source(cfg: DataConfig) -> _Source:
+    if cfg.source == "pystdlib":
+        return _pystdlib_source(cfg.val_fraction)
+    if cfg.source == "parquet":
+        return _parquet_source(cfg.train_files, cfg.val_files, cfg.text_column)
+    raise DataError(f"unknown data.source={cfg.source!r}; use 'pystdlib' or 'parquet'")
+
+
+def _pystdlib_source(val_fraction: float) -> _Source:
+    if not 0 < val_fraction < 1:
+        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    train, val = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
+        for name in filenames:
+            if name.endswith(".py"):
+                path = Path(dirpath, name)
+                u = _unit_hash(path.relative_to(root).as_posix())
+                (val if u < val_fraction else train).append((u, path))
+    # Ordered by the hash rather than by name, so a byte cap or a short evaluation samples the whole library
+    # instead of its alphabetically first packages.
+    return _Source([p for _, p in sorted(train)], [p for _, p in sorted(val)], _read_python_file)
+
+
+def _unit_hash(text: str) -> float:
+    """A hash of `text` in [0, 1) that is the same in every process and on every machine (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def _read_python_file(path: Path) -> Iterator[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return
+    if text:
+        yield text
+
+
+def _parquet_source(train_patterns: Iterable[str], val_patterns: Iterable[str], column: str) -> _Source:
+    train = _expand("data.train_files", train_patterns)
+    val = _expand("data.val_files", val_patterns)
+    shared = sorted(set(train) & set(val))
+    if shared:
+        raise DataError(f"{shared[0]} is in both data.train_files and data.val_files; hold out different files")
+    for path in train + val:
+        _check_text_column(path, column)
+    return _Source(train, val, lambda path: _read_parquet_column(path, column))
+
+
+def _expand(key: str, patterns: Iterable[str]) -> list[Path]:
+    patterns = list(patterns)
+    if not patterns:
+        raise DataError(f"{key} is empty; list parquet files or glob patterns")
+    files = []
+    for pattern in patterns:
+        matches = [Path(m).resolve() for m in sorted(glob.glob(os.path.expanduser(pattern), recursive=True))]
+        matches = [m for m in matches if m.is_file()]
+        if not matches:
+            raise DataError(f"{key}: no file matches {pattern!r} (relative paths start at {os.getcwd()})")
+        files += matches
+    return list(dict.fromkeys(files))
+
+
+def _check_text_column(path: Path, column: str) -> None:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"{path} is not a readable parquet file: {str(e).splitlines()[0]}") from e
+    if column not in schema.names:
+        raise DataError(
+            f"{path} has no column {column!r} (it has: {', '.join(schema.names)}); set data.text_column"
+        )
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"column {column!r} of {path} holds {kind}, not text; set data.text_column")
+
+
+def _read_parquet_column(path: Path, column: str) -> Iterator[str]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[column]):
+        yield from (text for text in batch.column(0).to_pylist() if text)
+
+
+# --- the cache ----------------------------------------------------------------------------------------------
+
+
+def _fingerprint(cfg: DataConfig, source: _Source) -> str:
+    """A hash of every input to the tokens: the settings, and each file's path, size and modification time."""
+
+    def stats(files: list[Path]) -> list:
+        return [(str(p), (s := p.stat()).st_size, s.st_mtime_ns) for p in files]
+
+    inputs = [_FORMAT, cfg.source, cfg.text_column, cfg.max_train_bytes, stats(source.train_files),
+              stats(source.val_files)]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+
+
+def _is_complete(root: Path) -> bool:
+    # Each part appears by an atomic rename, so existing means complete.
+    return all((root / name).exists() for name in ("tokenizer", "train.npy", "val.npy"))
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
+
+
+def _build(root: Path, cfg: DataConfig, source: _Source, vocab_size: int) -> None:
+    """Create the missing parts of the cache folder `root`; the caller holds its lock."""
+    # Temporaries left by a builder that was killed: nobody else writes here while we hold the lock.
+    for stale in root.glob(".tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    if not (root / "tokenizer").exists():
+        limit = min(cfg.max_train_bytes or _TOKENIZER_TRAIN_BYTES, _TOKENIZER_TRAIN_BYTES)
+        texts = list(_take_bytes(source.documents(source.train_files), limit))
+        if not texts:
+            raise DataError(f"the {cfg.source} training files hold no text: {_describe(source.train_files)}")
+        _train_tokenizer(texts, vocab_size, root)
+    # The saved tokenizer, with specials taken literally: a document that contains the text "<|bos|>" is text.
+    tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
+    tokenizer.encode_special_tokens = True
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    splits = {
+        "train": (_take_bytes(source.documents(source.train_files), cfg.max_train_bytes), source.train_files),
+        "val": (source.documents(source.val_files), source.val_files),
+    }
+    for split, (documents, files) in splits.items():
+        if not (root / f"{split}.npy").exists():
+            _log(f"tokenizing the {split} split of {root.name}")
+            t0 = time.time()
+            n = _write_shard(root / f"{split}.npy", documents, tokenizer, dtype)
+            if n == 0:
+                raise DataError(f"the {cfg.source} {split} split holds no text ({_describe(files)})")
+            _log(f"{split} split: {n:,} tokens in {time.time() - t0:.1f}s")
+
+
+def _describe(files: list[Path]) -> str:
+    return f"{len(files)} files" + (f", e.g. {files[0]}" if files else "")
+
+
+def _take_bytes(documents: Iterable[str], limit: int | None) -> Iterator[str]:
+    """The documents up to `limit` UTF-8 bytes in all, the last one cut short (None: no limit)."""
+    if limit is None:
+        yield from documents
+        return
+    for doc in documents:
+        data = doc.encode()
+        if len(data) >= limit:
+            yield data[:limit].decode(errors="ignore")  # a cut through a character drops its partial bytes
+            return
+        limit -= len(data)
+        yield doc
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int, root: Path) -> None:
+    n_bytes = sum(len(t.encode()) for t in texts)
+    _log(f"training a {vocab_size}-token BPE for {root.name} on {n_bytes / 2**20:.1f} MiB of text")
+    t0 = time.time()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer, length=len(texts))
+    if bpe.get_vocab_size() < vocab_size:
+        _log(f"the text supports only {bpe.get_vocab_size()} tokens; ids from there to {vocab_size} stay unused")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=SPECIAL_TOKENS[0],
+        eos_token=SPECIAL_TOKENS[1],
+        pad_token=SPECIAL_TOKENS[2],
+        additional_special_tokens=list(SPECIAL_TOKENS[3:]),
+        clean_up_tokenization_spaces=False,  # decode must give back the exact text
+    )
+    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-tokenizer-")
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, root / "tokenizer")
+    _log(f"trained the tokenizer in {time.time() - t0:.1f}s")
+
+
+def _write_shard(path: Path, documents: Iterable[str], tokenizer: Tokenizer, dtype: type) -> int:
+    """Tokenize `documents` into the 1-D .npy `path`, each preceded by BOS; return the token count."""
+    bos = np.array([tokenizer.token_to_id(SPECIAL_TOKENS[0])], dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (0,)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+    try:
+        n = 0
+        with os.fdopen(fd, "wb") as f:
+            # numpy pads a .npy header so the length of a 1-D array can grow in place: write a placeholder, stream
+            # the tokens (memory stays bounded whatever the corpus size), then rewrite it with the final length.
+            np.lib.format.write_array_header_1_0(f, header)
+            for chunk in _chunks(documents, _ENCODE_CHUNK_CHARS):
+                pieces = []
+                for encoding in tokenizer.encode_batch_fast(chunk, add_special_tokens=False):
+                    pieces += (bos, np.asarray(encoding.ids, dtype))
+                ids = np.concatenate(pieces)
+                f.write(ids.tobytes())
+                n += len(ids)
+            f.seek(0)
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (n,)})
+        if n:
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+            os.replace(tmp, path)
+        return n
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _chunks(documents: Iterable[str], max_chars: int) -> Iterator[list[str]]:
+    chunk, size = [], 0
+    for doc in documents:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= max_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _token_bytes(tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> np.ndarray:
+    """UTF-8 byte length of every id below `vocab_size`; 0 for special and unused ids."""
+    # A ByteLevel token spells each of its bytes with one alphabet character, so its byte length is its length in
+    # characters. (Decoding one id to text would not do: a token may hold part of a multi-byte character.)
+    lengths = np.zeros(vocab_size, np.int32)
+    special = set(tokenizer.all_special_ids)
+    for token, i in tokenizer.get_vocab().items():
+        if i not in special:
+            lengths[i] = len(token)
+    return lengths
+
+
+def _log(message: str) -> None:
+    print(f"[data] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,191 @@
+"""The autoresearch GPT, ported to Flax NNX.
+
+A faithful port of karpathy/autoresearch's model (itself from nanochat): rotary embeddings, RMSNorm without
+weights (also on queries and keys), ReLU² MLP, value embeddings mixed into the attention values of alternating
+layers through a learned gate, per-layer scalars mixing the residual stream with the first layer's input,
+logits soft-capped at 15, untied embeddings, no biases, and a sliding-window pattern per layer.
+
+Shapes: B batch, T sequence, D model width, N heads, H head width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+SOFTCAP = 15.0
+VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the layer input
+WINDOW_LETTERS = {"S", "L"}
+
+
+@dataclass
+class GPTConfig:
+    """Architecture: the shape hyperparameters of autoresearch plus context length and vocabulary."""
+
+    depth: int = 8
+    aspect_ratio: int = 64
+    head_dim: int = 128
+    window_pattern: str = "SSSL"
+    seq_len: int = 2048
+    vocab_size: int = 8192
+    width: Optional[int] = None  # an explicit model width overrides depth × aspect ratio
+
+    @property
+    def model_dim(self) -> int:
+        """Width: depth × aspect ratio, rounded up to a whole number of heads (as autoresearch does)."""
+        if self.width is not None:
+            return self.width
+        return math.ceil(self.depth * self.aspect_ratio / self.head_dim) * self.head_dim
+
+    @property
+    def n_head(self) -> int:
+        return self.model_dim // self.head_dim
+
+
+def window_sizes(cfg: GPTConfig) -> list[int]:
+    """How many past tokens each layer may look back: S = half the context, L = all; the last layer is L."""
+    pattern = cfg.window_pattern.upper()
+    sizes = [cfg.seq_len // 2 if pattern[i % len(pattern)] == "S" else cfg.seq_len for i in range(cfg.depth)]
+    sizes[-1] = cfg.seq_len
+    return sizes
+
+
+def has_value_embedding(layer: int, depth: int) -> bool:
+    """Value embeddings sit on alternating layers, always including the last one."""
+    return layer % 2 == (depth - 1) % 2
+
+
+def param_count(cfg: GPTConfig) -> int:
+    """Number of parameters, by formula (the tests hold the module to it)."""
+    d, v, n_ve = cfg.model_dim, cfg.vocab_size, sum(has_value_embedding(i, cfg.depth) for i in range(cfg.depth))
+    embeddings = 2 * v * d + n_ve * v * d  # wte, lm_head, value embeddings (kv width = d: no grouped-query)
+    blocks = cfg.depth * 12 * d * d  # q, k, v, proj: 4d²; MLP: 8d²
+    gates = n_ve * VE_GATE_CHANNELS * cfg.n_head
+    scalars = 2 * cfg.depth  # resid_lambdas, x0_lambdas
+    return embeddings + blocks + gates + scalars
+
+
+def flops_per_token(cfg: GPTConfig) -> float:
+    """Training FLOPs per token (forward + backward), autoresearch's estimate used for MFU.
+
+    6 per weight of every matrix multiply (embedding lookups are free), plus attention scores and values over
+    each layer's window: 12 × width × window per layer.
+    """
+    v, d = cfg.vocab_size, cfg.model_dim
+    n_ve = sum(has_value_embedding(i, cfg.depth) for i in range(cfg.depth))
+    matmul_params = param_count(cfg) - v * d * (1 + n_ve) - 2 * cfg.depth
+    return 6.0 * matmul_params + sum(12.0 * d * min(w, cfg.seq_len) for w in window_sizes(cfg))
+
+
+def rms_norm(x: jax.Array) -> jax.Array:
+    """RMSNorm without a learned scale, computed in float32 for stability under bf16."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotary angles, each (T, H/2)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate (B, T, N, H) by position, pairing the first and second halves of each head (nanochat style)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[None, :, None, :].astype(x.dtype), sin[None, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
+
+
+def _uniform(scale: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
+
+
+# Parameters live in float32; `dtype` is the compute dtype (bf16 on GPU), so the optimizer never sees bf16.
+def _linear(d_in: int, d_out: int, init, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, rngs=rngs)
+
+
+def _embed(vocab: int, d: int, init, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(vocab, d, dtype=dtype, param_dtype=jnp.float32, embedding_init=init, rngs=rngs)
+
+
+class CausalSelfAttention(nnx.Module):
+    def __init__(self, cfg: GPTConfig, layer: int, window: int, dtype, rngs: nnx.Rngs):
+        d, self.n_head, self.head_dim, self.window = cfg.model_dim, cfg.n_head, cfg.head_dim, window
+        init = _uniform(math.sqrt(3.0) * d**-0.5)  # uniform with std d^-0.5
+        self.c_q, self.c_k, self.c_v = (_linear(d, d, init, dtype, rngs) for _ in range(3))
+        self.c_proj = _linear(d, d, nnx.initializers.zeros, dtype, rngs)  # zero init: blocks start as identity
+        if has_value_embedding(layer, cfg.depth):
+            self.value_embed = _embed(cfg.vocab_size, d, init, dtype, rngs)
+            self.ve_gate = _linear(VE_GATE_CHANNELS, self.n_head, nnx.initializers.zeros, dtype, rngs)
+        else:
+            self.value_embed, self.ve_gate = None, None
+
+    def __call__(self, x: jax.Array, idx: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        B, T, _ = x.shape
+        heads = lambda t: t.reshape(B, T, self.n_head, self.head_dim)  # noqa: E731
+        q, k, v = heads(self.c_q(x)), heads(self.c_k(x)), heads(self.c_v(x))  # (B, T, N, H)
+        if self.value_embed is not None:
+            gate = 2.0 * jax.nn.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # (B, T, N), 1 at init
+            v = v + gate[..., None] * heads(self.value_embed(idx))
+        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
+        # Query i sees keys i-window..i (flash-attention's window_size=(window, 0)); a full window is causal.
+        local = (self.window, 0) if self.window < T else None
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)  # (B, T, N, H)
+        return self.c_proj(y.reshape(B, T, -1))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rngs: nnx.Rngs):
+        d = cfg.model_dim
+        self.c_fc = _linear(d, 4 * d, _uniform(math.sqrt(3.0) * d**-0.5), dtype, rngs)
+        self.c_proj = _linear(4 * d, d, nnx.initializers.zeros, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(jnp.square(jax.nn.relu(self.c_fc(x))))  # ReLU²
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: GPTConfig, layer: int, window: int, dtype, rngs: nnx.Rngs):
+        self.attn = CausalSelfAttention(cfg, layer, window, dtype, rngs)
+        self.mlp = MLP(cfg, dtype, rngs)
+
+    def __call__(self, x, idx, cos, sin):
+        x = x + self.attn(rms_norm(x), idx, cos, sin)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: GPTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg, self.dtype = cfg, dtype
+        d, v = cfg.model_dim, cfg.vocab_size
+        self.wte = _embed(v, d, nnx.initializers.normal(1.0), dtype, rngs)
+        self.blocks = nnx.List([Block(cfg, i, w, dtype, rngs) for i, w in enumerate(window_sizes(cfg))])
+        self.lm_head = _linear(d, v, nnx.initializers.normal(0.001), dtype, rngs)
+        self.resid_lambdas = nnx.Param(jnp.ones((cfg.depth,), jnp.float32))
+        self.x0_lambdas = nnx.Param(jnp.full((cfg.depth,), 0.1, jnp.float32))
+
+    def __call__(self, idx: jax.Array) -> jax.Array:
+        """Token ids (B, T) -> soft-capped logits (B, T, V) in float32."""
+        T = idx.shape[1]
+        cos, sin = rotary_tables(T, self.cfg.head_dim)
+        x = x0 = rms_norm(self.wte(idx))  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i].astype(x.dtype) * x + self.x0_lambdas[i].astype(x.dtype) * x0
+            x = block(x, idx, cos, sin)
+        logits = self.lm_head(rms_norm(x)).astype(jnp.float32)  # (B, T, V)
+        return SOFTCAP * jnp.tanh(logits / SOFTCAP)
+
+
+def token_losses(model: GPT, tokens: jax.Array) -> jax.Array:
+    """Cross-entropy in nats of predicting tokens[:, 1:] from tokens[:, :-1]: (B, T+1) -> (B, T)."""
+    logits = model(tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])

@@ -1,0 +1,152 @@
+"""autoresearch's optimizer, composed from optax pieces.
+
+Muon (orthogonalized Nesterov momentum, momentum ramped 0.85 -> 0.95 over the first 300 steps) for the 2-D
+matrices of the blocks, with cautious weight decay that decays linearly to 0 over the run; AdamW
+(betas 0.8, 0.95) for the embeddings, unembedding, value embeddings and per-layer scalars, their learning
+rates scaled by (model_dim / 768) ** -0.5. One learning-rate multiplier, a function of the fraction of the
+*time* budget used, scales every group: warmup, flat, warmdown to FINAL_LR_FRAC.
+
+Every tunable number (learning rates, weight decay, schedule ratios) lives in the optimizer *state* as an
+array, not in the traced program, so trials that differ only in these values share one compiled train step.
+The time progress in [0, 1] reaches the optimizer as an extra argument: `tx.update(g, s, p, progress=p01)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ADAM_BETAS = (0.8, 0.95)
+X0_ADAM_BETAS = (0.96, 0.95)  # autoresearch gives the x0 mixing scalars a slower first moment
+ADAM_EPS = 1e-10
+RESID_SCALAR_LR_FACTOR = 0.01  # resid_lambdas learn at 1 % of SCALAR_LR in autoresearch
+MUON_MOMENTUM_START, MUON_MOMENTUM_END, MUON_MOMENTUM_STEPS = 0.85, 0.95, 300
+REFERENCE_WIDTH = 768  # AdamW learning rates were tuned at this width
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer's eight hyperparameters (autoresearch's defaults)."""
+
+    embedding_lr: float = 0.6
+    unembedding_lr: float = 0.004
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.5
+    weight_decay: float = 0.2
+    warmup_ratio: float = 0.0
+    warmdown_ratio: float = 0.5
+    final_lr_frac: float = 0.0
+
+
+class ScheduleState(NamedTuple):
+    """A group's peak learning rate, weight decay and the shared schedule, as float32 scalars."""
+
+    peak_lr: jax.Array
+    weight_decay: jax.Array
+    warmup_ratio: jax.Array
+    warmdown_ratio: jax.Array
+    final_lr_frac: jax.Array
+
+
+def lr_multiplier(progress, warmup_ratio, warmdown_ratio, final_lr_frac):
+    """autoresearch's schedule: linear warmup, flat, linear warmdown to final_lr_frac; progress in [0, 1]."""
+    warm = progress / jnp.maximum(warmup_ratio, 1e-12)
+    cooldown = (1.0 - progress) / jnp.maximum(warmdown_ratio, 1e-12)
+    down = cooldown + (1.0 - cooldown) * final_lr_frac
+    return jnp.where(progress < warmup_ratio, warm, jnp.where(progress < 1.0 - warmdown_ratio, 1.0, down))
+
+
+def scale_by_time_schedule(
+    peak_lr: float, cfg: OptimConfig, weight_decay: float = 0.0
+) -> optax.GradientTransformationExtraArgs:
+    """Apply -lr(progress) × (update + cautious decoupled weight decay(progress)).
+
+    The weight decay decays linearly to 0 over the run and is "cautious": it only acts on coordinates where
+    the update and the parameter agree in sign, as in autoresearch's Muon.
+    """
+
+    def init_fn(params):
+        del params
+        f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return ScheduleState(
+            f(peak_lr), f(weight_decay), f(cfg.warmup_ratio), f(cfg.warmdown_ratio), f(cfg.final_lr_frac)
+        )
+
+    def update_fn(updates, state, params=None, *, progress, **extra_args):
+        del extra_args
+        lr = state.peak_lr * lr_multiplier(progress, state.warmup_ratio, state.warmdown_ratio, state.final_lr_frac)
+        wd = state.weight_decay * (1.0 - progress)
+
+        def step(u, p):
+            decay = wd * p * (u * p >= 0)
+            return (-lr * (u + decay)).astype(u.dtype)
+
+        return jax.tree.map(step, updates, params), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def muon_momentum(count):
+    """Muon's momentum, ramped linearly over the first optimizer steps."""
+    frac = jnp.minimum(count / MUON_MOMENTUM_STEPS, 1.0)
+    return (1.0 - frac) * MUON_MOMENTUM_START + frac * MUON_MOMENTUM_END
+
+
+def _scale_by_aspect():
+    # Muon's orthogonalized update has unit spectral norm; tall matrices get sqrt(fan_out / fan_in) more
+    # (flax kernels are (fan_in, fan_out)).
+    return optax.stateless(lambda u, p: jax.tree.map(lambda x: x * max(1.0, x.shape[1] / x.shape[0]) ** 0.5, u))
+
+
+def _kernel_dims(updates):
+    # Flax kernels are (fan_in, fan_out): reduce over axis 0, output along axis 1.
+    return jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(0, 1), updates)
+
+
+def param_group(path: tuple, leaf: jax.Array) -> str:
+    """Which optimizer group owns a parameter, from its path in the model."""
+    names = {getattr(k, "key", getattr(k, "name", k)) for k in path}
+    if "value_embed" in names or "wte" in names:
+        return "embedding"
+    if "lm_head" in names:
+        return "unembedding"
+    if "resid_lambdas" in names:
+        return "resid_scalar"
+    if "x0_lambdas" in names:
+        return "x0_scalar"
+    if "blocks" in names and leaf.ndim == 2:
+        return "matrix"
+    raise ValueError(f"no optimizer group for parameter {jax.tree_util.keystr(path)} with shape {leaf.shape}")
+
+
+def param_groups(params):
+    """The pytree of group labels for `params`."""
+    return jax.tree_util.tree_map_with_path(param_group, params)
+
+
+def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransformationExtraArgs:
+    """The full optimizer: Muon for block matrices, AdamW for the rest; call update(..., progress=p)."""
+    width_scale = (model_dim / REFERENCE_WIDTH) ** -0.5
+
+    def adam(lr, betas=ADAM_BETAS):
+        return optax.chain(optax.scale_by_adam(*betas, eps=ADAM_EPS), scale_by_time_schedule(lr, cfg))
+
+    muon = optax.chain(
+        optax.inject_hyperparams(optax.contrib.scale_by_muon, static_args=("weight_dimension_numbers",))(
+            beta=muon_momentum, weight_dimension_numbers=_kernel_dims
+        ),
+        _scale_by_aspect(),
+        scale_by_time_schedule(cfg.matrix_lr, cfg, weight_decay=cfg.weight_decay),
+    )
+    groups = {
+        "matrix": muon,
+        "embedding": adam(cfg.embedding_lr * width_scale),
+        "unembedding": adam(cfg.unembedding_lr * width_scale),
+        "resid_scalar": adam(cfg.scalar_lr * RESID_SCALAR_LR_FACTOR),
+        "x0_scalar": adam(cfg.scalar_lr, X0_ADAM_BETAS),
+    }
+    return optax.partition(groups, param_groups)

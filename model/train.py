@@ -1,0 +1,191 @@
+"""Train the GPT for a fixed time and score it in val_bpb: `train(cfg, out_dir) -> result`.
+
+As in autoresearch, the budget is *training* time: the train step is compiled ahead of time and compilation is
+not charged. Every run ends with `result.json` in its folder, whatever happens: `ok`, `oom` (XLA's
+RESOURCE_EXHAUSTED), `diverged` (NaN loss or loss > 100), `invalid` (refused before compiling) or `crashed`.
+
+CLI: `python -m model.train model=tiny time_budget_s=30` (Hydra; configs in hydra_configs/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from omegaconf import OmegaConf
+
+from model import device
+from model.config import ConfigError, TrainConfig, grad_accum_steps, validate
+from model.data import load_corpus, train_batches, val_batches
+from model.evaluate import evaluate_bpb, make_eval_step, save_params
+from model.gpt import GPT, flops_per_token, param_count, token_losses
+from model.optim import build_optimizer
+from model.progress import TrainProgress
+
+DIVERGED_LOSS = 100.0
+RESULT_FILE = "result.json"
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or exceeded DIVERGED_LOSS."""
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs):
+    """(params, opt_state, batch (A, B, T+1), progress) -> (params, opt_state, mean loss).
+
+    Gradients are averaged over the A micro-batches with a scan, so only one micro-batch's activations are
+    alive at a time: TOTAL_BATCH_SIZE is reached by accumulation, as in autoresearch.
+    """
+
+    def loss_fn(params, tokens):
+        return token_losses(nnx.merge(graphdef, params), tokens).mean()
+
+    def train_step(params, opt_state, batch, progress):
+        def micro(grad_sum, tokens):
+            loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+            return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_sum, losses = jax.lax.scan(micro, zeros, batch)
+        grads = jax.tree.map(lambda g: g / batch.shape[0], grad_sum)
+        updates, opt_state = tx.update(grads, opt_state, params, progress=progress)
+        return optax.apply_updates(params, updates), opt_state, losses.mean()
+
+    return train_step
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Run one training; always writes OUT_DIR/result.json and returns the same dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    result: dict = {"status": "crashed"}
+    try:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        validate(cfg)
+        result.update(_train(cfg, out_dir, t_start))
+        result["status"] = "ok"
+    except ConfigError as e:
+        result.update(status="invalid", error=str(e))
+    except Diverged as e:
+        result.update(status="diverged", error=str(e))
+    except Exception as e:  # noqa: BLE001 - every failure becomes a result, never a lost run
+        status = "oom" if device.is_oom(e) else "crashed"
+        result.update(status=status, error=_first_line(e))
+        if status == "crashed":
+            traceback.print_exc()
+    result["total_seconds"] = round(time.time() - t_start, 3)
+    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _train(cfg: TrainConfig, out_dir: Path, t_start: float) -> dict:
+    backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb)
+    m = cfg.model
+    dtype = device.compute_dtype(cfg.compute_dtype)
+    corpus = load_corpus(cfg.data, m.vocab_size)
+
+    model = GPT(m, dtype=dtype, rngs=nnx.Rngs(cfg.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    del model
+    tx = build_optimizer(cfg.optim, m.model_dim)
+    opt_state = tx.init(params)
+
+    accum = grad_accum_steps(m)
+    batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
+    t_compile = time.time()
+    step_fn = (
+        jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
+        .lower(params, opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32))
+        .compile()
+    )
+    compile_seconds = time.time() - t_compile
+
+    batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed)
+    tokens_per_step = accum * m.device_batch_size * m.seq_len
+    progress_bar = TrainProgress(cfg.time_budget_s, cfg.max_steps, cfg.log_every_s)
+    training_seconds, step, loss = 0.0, 0, float("nan")
+    with progress_bar:
+        while training_seconds < cfg.time_budget_s and (cfg.max_steps is None or step < cfg.max_steps):
+            t0 = time.perf_counter()
+            batch = next(batches).reshape(batch_shape.shape)
+            progress = step / cfg.max_steps if cfg.max_steps else training_seconds / cfg.time_budget_s
+            params, opt_state, loss_arr = step_fn(params, opt_state, batch, np.float32(progress))
+            loss = float(loss_arr)  # waits for the step: the clock below measures real work
+            training_seconds += time.perf_counter() - t0
+            step += 1
+            if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                raise Diverged(f"loss {loss} at step {step}")
+            progress_bar.update(step, loss, step * tokens_per_step / training_seconds, training_seconds)
+
+    t_eval = time.time()
+    eval_step = make_eval_step(graphdef, corpus.token_bytes)
+    val_bpb = evaluate_bpb(
+        eval_step, params, val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens)
+    )
+    eval_seconds = time.time() - t_eval
+    if cfg.save_checkpoint:
+        save_params(out_dir, params)
+
+    tokens = step * tokens_per_step
+    flops_per_s = flops_per_token(m) * tokens / training_seconds
+    peak = device.peak_flops()
+    return {
+        "val_bpb": round(val_bpb, 6),
+        "training_seconds": round(training_seconds, 3),
+        "compile_seconds": round(compile_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "peak_memory_mb": round(device.peak_memory_bytes() / 2**20, 1),
+        "tokens_per_second": round(tokens / training_seconds),
+        "flops_per_second": float(f"{flops_per_s:.4g}"),
+        "mfu_percent": round(100 * flops_per_s / peak, 2) if peak else None,
+        "total_tokens": tokens,
+        "num_steps": step,
+        "num_params": param_count(m),
+        "final_train_loss": round(loss, 6),
+        "backend": backend,
+        "compute_dtype": str(dtype),
+        "setup_seconds": round(t_compile - t_start, 3),
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:2000]
+
+
+def summary(result: dict) -> str:
+    """The `key: value` block printed at the end of a run (autoresearch's format)."""
+    return "---\n" + "\n".join(f"{k + ':':<20}{v}" for k, v in result.items())
+
+
+def main(cfg) -> int:
+    """Hydra entry: convert the config, train in Hydra's run folder, print the summary."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = train(OmegaConf.to_object(cfg), out_dir)
+    print(summary(result))
+    print(f"run folder: {out_dir}", file=sys.stderr)
+    if result["status"] == "invalid":
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 2
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra_main = hydra.main(config_path="pkg://hydra_configs", config_name="train", version_base=None)(
+        lambda cfg: sys.exit(main(cfg))
+    )
+    hydra_main()

@@ -1,0 +1,94 @@
+"""The trainer end to end: it learns, checkpoints, reproduces, and turns every failure into a result."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from model.config import ModelConfig, TrainConfig
+from model.data import DataConfig, load_corpus
+from model.evaluate import evaluate_run
+from model.train import train
+from tests.conftest import REPO, run_cli
+
+TINY = OmegaConf.load(REPO / "hydra_configs/model/tiny.yaml")
+
+
+def tiny_config(data_cache: str, **overrides) -> TrainConfig:
+    model = ModelConfig(**{**OmegaConf.to_container(TINY), **overrides.pop("model", {})})
+    return TrainConfig(model=model, data=DataConfig(cache_dir=data_cache), **overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache):
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(data_cache, time_budget_s=20.0)
+    return cfg, out, train(cfg, out)
+
+
+def test_short_run_learns_well_below_uniform(trained, data_cache):
+    cfg, out, result = trained
+    assert result["status"] == "ok", result
+    corpus = load_corpus(DataConfig(cache_dir=data_cache), cfg.model.vocab_size)
+    val = np.asarray(corpus.val_tokens[: cfg.model.eval_tokens])
+    counted = corpus.token_bytes[val] > 0
+    uniform_bpb = math.log2(cfg.model.vocab_size) * counted.sum() / corpus.token_bytes[val].sum()
+    assert result["val_bpb"] < 0.6 * uniform_bpb, (result["val_bpb"], uniform_bpb)
+    assert 19.0 <= result["training_seconds"] < 30.0
+    assert result["num_steps"] > 5 and result["total_tokens"] == result["num_steps"] * cfg.model.total_batch_size
+    assert result["total_seconds"] > result["training_seconds"]
+    for key in ("peak_memory_mb", "tokens_per_second", "flops_per_second", "num_params", "compile_seconds"):
+        assert result[key] > 0, key
+    assert json.loads((out / "result.json").read_text()) == result
+
+
+def test_checkpoint_restores_to_the_same_val_bpb(trained):
+    _, out, result = trained
+    assert evaluate_run(out) == pytest.approx(result["val_bpb"], abs=2e-6)
+
+
+def test_same_seed_same_run(tmp_path, data_cache):
+    runs = [
+        train(tiny_config(data_cache, max_steps=4, seed=s, save_checkpoint=False), tmp_path / f"{i}")
+        for i, s in enumerate([7, 7, 8])
+    ]
+    assert runs[0]["final_train_loss"] == runs[1]["final_train_loss"]
+    assert runs[0]["val_bpb"] == runs[1]["val_bpb"]
+    assert runs[0]["val_bpb"] != runs[2]["val_bpb"]
+
+
+def test_nan_loss_ends_as_diverged(tmp_path, data_cache):
+    huge = dict(embedding_lr=1e30, unembedding_lr=1e30, matrix_lr=1e30, scalar_lr=1e30)
+    cfg = tiny_config(data_cache, max_steps=30, save_checkpoint=False)
+    cfg.optim.__dict__.update(huge)
+    result = train(cfg, tmp_path)
+    assert result["status"] == "diverged", result
+    assert "loss" in result["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+
+
+def test_too_large_for_the_memory_limit_is_a_real_oom(tmp_path, data_cache):
+    """Under an address-space limit, XLA's own allocation fails with RESOURCE_EXHAUSTED -> status oom."""
+    proc = run_cli(
+        "model.train", "model=tiny", "model.depth=12", "model.aspect_ratio=256", "memory_limit_gb=3",
+        f"data.cache_dir={data_cache}", f"hydra.run.dir={tmp_path}",
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "oom", (result, proc.stderr[-2000:])
+    assert "RESOURCE_EXHAUSTED" in result["error"]
+    assert proc.returncode == 1 and "status:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("model.window_pattern=SXL", "model.window_pattern"), ("model.width=200", "model.head_dim")],
+)
+def test_invalid_hyperparameters_are_refused_in_one_line(tmp_path, override, key):
+    proc = run_cli("model.train", override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "invalid"
