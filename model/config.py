@@ -45,6 +45,13 @@ class TrainConfig:
     log_every_s: float = 10.0  # progress lines when stdout is not a terminal
 
 
+def load_config(path) -> TrainConfig:
+    """A TrainConfig from a YAML file such as a run folder's config.yaml."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path)))
+
+
 def grad_accum_steps(m: ModelConfig) -> int:
     """Micro-steps per optimizer step."""
     return m.total_batch_size // (m.device_batch_size * m.seq_len)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +20,37 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def configure_memory(memory_fraction: float, memory_limit_gb: float | None) -> str:
-    """Apply the memory settings; returns the backend name. Call before the first JAX computation."""
+    """Apply the memory settings; returns the backend name. Call before the first JAX computation.
+
+    memory_limit_gb caps the run on either device: on GPU it becomes the XLA memory fraction (limit / device
+    memory, when smaller than memory_fraction); on CPU an address-space limit.
+    """
+    gpu_total = _gpu_memory_bytes()
+    if gpu_total and memory_limit_gb is not None:
+        memory_fraction = min(memory_fraction, memory_limit_gb * 2**30 / gpu_total)
     # XLA reads the fraction when the GPU client starts, which is the first call below.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(memory_fraction))
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{memory_fraction:.4f}")
     backend = jax.default_backend()
     if backend == "cpu" and memory_limit_gb is not None:
         limit = int(memory_limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     return backend
+
+
+def _gpu_memory_bytes() -> int | None:
+    """Memory of the first visible NVIDIA GPU, asked of nvidia-smi so that JAX's GPU client is not started."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    index = int(visible) if visible.isdigit() and int(visible) < len(out) else 0
+    return int(out[index]) * 2**20 if out else None  # nvidia-smi reports MiB
 
 
 def compute_dtype(name: str):

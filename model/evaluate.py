@@ -81,15 +81,11 @@ def restore_params(run_dir: Path, abstract_params):
 
 def evaluate_run(run_dir: str | Path) -> float:
     """Restore a finished run from its folder (config.yaml + checkpoint) and compute val_bpb again."""
-    from omegaconf import OmegaConf
-
-    from model.config import TrainConfig
+    from model.config import load_config
     from model.data import load_corpus, val_batches
 
     run_dir = Path(run_dir)
-    cfg: TrainConfig = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
-    )
+    cfg = load_config(run_dir / "config.yaml")
     corpus = load_corpus(cfg.data, cfg.model.vocab_size)
     dtype = compute_dtype(cfg.compute_dtype)
     abstract = nnx.eval_shape(lambda: GPT(cfg.model, dtype=dtype, rngs=nnx.Rngs(0)))

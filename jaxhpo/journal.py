@@ -1,0 +1,401 @@
+"""The study journal: one SQLite row per finished trial, append-only, the source of truth for resuming and reports.
+
+Durability choice: WAL mode with `synchronous=FULL`. With FULL, a commit fsyncs the write-ahead log before
+`append` returns, so a finished trial survives `kill -9` (and power loss); an interrupted commit is simply not in
+the log's committed part, so the file is never left half-written. WAL rather than the rollback journal because
+reports read while the study writes: in WAL readers never block the writer and the writer never blocks readers,
+whereas a rollback-journal reader's shared lock would make `append` wait or fail with "database is locked".
+(WAL needs shared memory between the processes, so the run folder must be on a local filesystem, not NFS.)
+
+Schema version 1 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
+
+    trials(number INTEGER PRIMARY KEY, params JSON, space_id, method, proposer, status, val_bpb, error,
+           wall_seconds, training_seconds, peak_memory_mb, started_at, ended_at, seed, meta JSON, result JSON)
+    study(key TEXT PRIMARY KEY, value JSON)
+
+Later versions (e.g. an `llm_turns` table keyed by trial number) add a step to `_MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import numbers
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database
+
+_SCHEMA_V1 = f"""
+CREATE TABLE trials (
+    number INTEGER PRIMARY KEY,
+    params TEXT NOT NULL,
+    space_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    proposer TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    val_bpb REAL,
+    error TEXT,
+    wall_seconds REAL NOT NULL,
+    training_seconds REAL,
+    peak_memory_mb REAL,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE TABLE study (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# Migration steps: _MIGRATIONS[v] upgrades a version-v journal to v + 1 inside the opening transaction.
+# Version 1 is the first, so there is nothing to upgrade yet.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+_COLUMNS = (
+    "number", "params", "space_id", "method", "proposer", "status", "val_bpb", "error", "wall_seconds",
+    "training_seconds", "peak_memory_mb", "started_at", "ended_at", "seed", "meta", "result",
+)  # fmt: skip
+_JSON_COLUMNS = ("params", "meta", "result")
+_INSERT = f"INSERT INTO trials ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# trials.csv: these lead, then one param_<name> column per hyperparameter, then _CSV_TAIL.
+_CSV_HEAD = ("number", "status", "val_bpb")
+_CSV_TAIL = (
+    "proposer", "method", "space_id", "seed", "wall_seconds", "training_seconds", "peak_memory_mb",
+    "started_at", "ended_at", "error",
+)  # fmt: skip
+
+
+class JournalError(RuntimeError):
+    """A journal that cannot be opened, read or written; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial, as stored in the journal."""
+
+    number: int  # 0, 1, 2, ... (trial 0 is the default configuration)
+    params: dict[str, Any]  # hyperparameter name -> value
+    space_id: str  # hash of the search space definition
+    method: str  # the study's method: "random", "tpe", "cmaes", "llm", "centaur", ...
+    proposer: str  # which component proposed this trial: "default", "tpe", "llm→fallback", ...
+    status: str  # one of STATUSES
+    val_bpb: float | None  # None unless status == "ok"
+    error: str | None  # one-line failure message, None when ok
+    wall_seconds: float  # whole trial wall time (subprocess start to end)
+    training_seconds: float | None
+    peak_memory_mb: float | None
+    started_at: float  # unix time
+    ended_at: float  # unix time
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)  # proposer/trial extras, JSON-serializable
+    result: dict[str, Any] = field(default_factory=dict)  # the trainer's full result.json
+
+    @property
+    def failed(self) -> bool:
+        """True unless the trial trained and was scored."""
+        return self.status != "ok"
+
+
+def _json_default(value: Any) -> Any:
+    # Proposers hand out numpy scalars/arrays (CMA-ES, TPE); store them as plain numbers and lists.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _encode(name: str, value: Any) -> str:
+    try:
+        return json.dumps(value, default=_json_default)  # NaN/inf allowed: a diverged result.json may hold them
+    except (TypeError, ValueError) as e:
+        raise JournalError(f"{name} is not JSON-serializable: {e}") from None
+
+
+def _dumps(name: str, value: Any) -> str:
+    if not isinstance(value, dict):
+        raise JournalError(f"{name} must be a dict, got {type(value).__name__}")
+    return _encode(name, value)
+
+
+def _number(name: str, value: Any, *, integer: bool = False, optional: bool = False) -> float | int | None:
+    # numbers.Real/Integral also admit numpy scalars, which sqlite3 cannot bind; convert them to Python types.
+    if value is None and optional:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise JournalError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise JournalError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _row(r: TrialRecord) -> tuple:
+    """Validate a record and turn it into the `trials` row, in _COLUMNS order."""
+    number = _number("number", r.number, integer=True)
+    if number < 0:
+        raise JournalError(f"trial number must be >= 0, got {number}")
+    if r.status not in STATUSES:
+        raise JournalError(f"trial {number}: status {r.status!r} is not one of {', '.join(STATUSES)}")
+    val_bpb = _number(f"trial {number}: val_bpb", r.val_bpb, optional=True)
+    if r.status == "ok":
+        if val_bpb is None or not math.isfinite(val_bpb):
+            raise JournalError(f"trial {number}: status 'ok' needs a finite val_bpb, got {r.val_bpb!r}")
+        if r.error is not None:
+            raise JournalError(f"trial {number}: status 'ok' must have error None, got {r.error!r}")
+    else:
+        if val_bpb is not None:
+            raise JournalError(f"trial {number}: status {r.status!r} must have val_bpb None, got {r.val_bpb!r}")
+        if not isinstance(r.error, str) or not r.error:
+            raise JournalError(f"trial {number}: status {r.status!r} needs an error message, got {r.error!r}")
+    return (
+        number,
+        _dumps("params", r.params),
+        _text("space_id", r.space_id),
+        _text("method", r.method),
+        _text("proposer", r.proposer),
+        r.status,
+        val_bpb,
+        r.error,
+        _number("wall_seconds", r.wall_seconds),
+        _number("training_seconds", r.training_seconds, optional=True),
+        _number("peak_memory_mb", r.peak_memory_mb, optional=True),
+        _number("started_at", r.started_at),
+        _number("ended_at", r.ended_at),
+        _number("seed", r.seed, integer=True),
+        _dumps("meta", r.meta),
+        _dumps("result", r.result),
+    )
+
+
+def _record(row: sqlite3.Row) -> TrialRecord:
+    values = {c: row[c] for c in _COLUMNS}
+    for c in _JSON_COLUMNS:
+        values[c] = json.loads(values[c])
+    return TrialRecord(**values)
+
+
+def _csv_cell(value: Any) -> Any:
+    # Strings and numbers as themselves; None as an empty cell; anything else (bool, list) as JSON.
+    if value is None:
+        return ""
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    return json.dumps(value)
+
+
+class Journal:
+    """The journal file of one study: a single writer (the study) and any number of read-only readers."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        """Open the journal at `path`, creating file and schema if missing (a missing file is an error if readonly)."""
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.Lock()  # the study may append from worker threads; one statement at a time
+        if readonly and not self.path.is_file():
+            raise JournalError(f"no journal at {self.path}")
+        try:
+            if readonly:
+                target, uri = self.path.resolve().as_uri() + "?mode=ro", True
+            else:
+                target, uri = str(self.path), False
+            # isolation_level=None: no implicit transactions, so each write is exactly the BEGIN...COMMIT we issue.
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open journal {self.path}: {e}") from None
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._open()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _open(self) -> None:
+        """Check the file is a journal (before touching it), then set durability and create or migrate the schema."""
+        conn = self._conn
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.OperationalError as e:  # e.g. a read-only folder without the WAL's -shm file
+            raise JournalError(f"cannot read journal {self.path}: {e}") from None
+        except sqlite3.DatabaseError as e:  # "file is not a database"
+            raise JournalError(f"{self.path} is not a journal: {e}") from None
+        fresh = app_id == 0 and version == 0 and tables == 0  # a new or empty file
+        if not fresh and app_id != APPLICATION_ID:
+            raise JournalError(f"{self.path} is an SQLite database but not a jaxhpo journal")
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"{self.path} has journal schema {version}; this jaxhpo reads up to {SCHEMA_VERSION}")
+        if self.readonly:
+            if fresh:
+                raise JournalError(f"{self.path} is an empty file, not a journal")
+            if version < SCHEMA_VERSION:
+                raise JournalError(f"{self.path} has old journal schema {version}; open it for writing to upgrade")
+            return
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; see the module docstring
+            conn.execute("PRAGMA synchronous=FULL")  # per connection: fsync the WAL on every commit
+            conn.execute("PRAGMA foreign_keys=ON")  # for later tables that reference trials(number)
+            if version < SCHEMA_VERSION:
+                with self._transaction():
+                    self._migrate()
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot set up journal {self.path}: {e}") from None
+
+    def _migrate(self) -> None:
+        """Create the schema or upgrade it to SCHEMA_VERSION; runs inside one transaction, so all or nothing."""
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the write lock
+        if version == 0:
+            # Not executescript: it would COMMIT the open transaction first.
+            for statement in _SCHEMA_V1.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            version = 1
+        for v in range(version, SCHEMA_VERSION):
+            _MIGRATIONS[v](conn)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; IMMEDIATE takes the write lock up front."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # also when COMMIT itself failed: never leave a transaction open
+                conn.execute("ROLLBACK")
+            raise
+
+    def _live(self, *, write: bool = False) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError(f"journal {self.path} is closed")
+        if write and self.readonly:
+            raise JournalError(f"journal {self.path} was opened read-only")
+        return self._conn
+
+    def append(self, record: TrialRecord) -> None:
+        """Store one finished trial in one transaction; durable on return; an existing number is refused."""
+        row = _row(record)
+        with self._lock:
+            conn = self._live(write=True)
+            try:
+                with self._transaction():
+                    conn.execute(_INSERT, row)  # INSERT, never REPLACE: a finished trial is never overwritten
+            except sqlite3.IntegrityError as e:
+                if conn.execute("SELECT 1 FROM trials WHERE number = ?", (row[0],)).fetchone():
+                    raise JournalError(f"trial {row[0]} is already in journal {self.path}") from None
+                raise JournalError(f"trial {row[0]} refused by journal {self.path}: {e}") from None
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot append trial {row[0]} to {self.path}: {e}") from None
+
+    def trials(self) -> list[TrialRecord]:
+        """All finished trials, ordered by number."""
+        with self._lock:
+            conn = self._live()
+            try:
+                rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM trials ORDER BY number").fetchall()
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+        return [_record(r) for r in rows]
+
+    def next_number(self) -> int:
+        """The number of the next trial: max(number) + 1, or 0 for an empty journal."""
+        with self._lock:
+            conn = self._live()
+            try:
+                return conn.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM trials").fetchone()[0]
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+
+    def set_study_info(self, info: dict) -> None:
+        """Store study-level metadata; the given keys are replaced, other keys kept."""
+        if not isinstance(info, dict) or not all(isinstance(k, str) for k in info):
+            raise JournalError("study info must be a dict with string keys")
+        items = [(k, _encode(f"study info {k!r}", v)) for k, v in info.items()]
+        with self._lock:
+            conn = self._live(write=True)
+            try:
+                with self._transaction():
+                    conn.executemany("INSERT OR REPLACE INTO study (key, value) VALUES (?, ?)", items)
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot write study info to {self.path}: {e}") from None
+
+    def study_info(self) -> dict:
+        """The study-level metadata, {} if never set."""
+        with self._lock:
+            conn = self._live()
+            try:
+                rows = conn.execute("SELECT key, value FROM study ORDER BY rowid").fetchall()
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+        return {key: json.loads(value) for key, value in rows}
+
+    def export_csv(self, path: str | Path) -> None:
+        """Write trials.csv (one row per trial, one param_<name> column per hyperparameter), atomically."""
+        trials = self.trials()
+        names = list(dict.fromkeys(name for t in trials for name in t.params))  # first-seen order
+        header = [*_CSV_HEAD, *(f"param_{n}" for n in names), *_CSV_TAIL]
+        path = Path(path)
+        # Write a sibling temp file and os.replace it over the target: readers see the old or the new file, whole.
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as e:
+            raise JournalError(f"cannot write {path}: {e}") from None
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(header)
+                for t in trials:
+                    writer.writerow(
+                        [_csv_cell(getattr(t, c)) for c in _CSV_HEAD]
+                        + [_csv_cell(t.params.get(n)) for n in names]
+                        + [_csv_cell(getattr(t, c)) for c in _CSV_TAIL]
+                    )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise JournalError(f"cannot write {path}: {e}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def close(self) -> None:
+        """Close the connection; further calls raise JournalError. Closing twice is fine."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}{', readonly=True' if self.readonly else ''})"

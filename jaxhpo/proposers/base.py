@@ -1,0 +1,54 @@
+"""The interface every proposer implements: ask for the next configuration, be told how a trial went.
+
+A proposer's state is a function of the trials it was told about, in order: the study rebuilds it after a crash
+by telling it the journal's trials again. Failed trials are told too; each proposer decides what a failure
+teaches it (see `penalized_values`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxhpo.journal import TrialRecord
+from jaxhpo.space import Space
+
+
+@dataclass
+class Proposal:
+    """A configuration to run, the component that proposed it, and anything it wants recorded."""
+
+    params: dict[str, Any]
+    proposer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Proposer(ABC):
+    """ask(history) -> Proposal; tell(trial). Subclasses set `name`."""
+
+    name: str = "?"
+
+    def __init__(self, space: Space, seed: int):
+        self.space, self.seed = space, seed
+
+    @abstractmethod
+    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+        """The next configuration to evaluate, given every finished trial so far."""
+
+    def tell(self, trial: TrialRecord) -> None:
+        """Learn from a finished trial (whoever proposed it). Stateless proposers ignore it."""
+
+
+def penalized_values(trials: Sequence[TrialRecord]) -> np.ndarray:
+    """Objective values to minimize, with failures ranked just behind the worst success.
+
+    TPE and CMA-ES use only the ranks of values, so a failure told as "a bit worse than anything that worked"
+    steers them away from its region without inventing a magnitude (the original study's val_bpb = 100 would
+    be harmless to ranks too, but would wreck any model of the values themselves).
+    """
+    ok = [t.val_bpb for t in trials if not t.failed]
+    worst = max(ok) if ok else 0.0
+    return np.array([worst + 1.0 if t.failed else t.val_bpb for t in trials], dtype=float)

@@ -1,0 +1,216 @@
+"""CMA-ES in the space's unit cube, on evosax's `CMA_ES` (the update rules are evosax's; this file hands out members
+and collects results one trial at a time).
+
+Generations. The search starts at the space default's unit encoding with step size `sigma0` (0.25: a quarter of
+every range). Generation g's population of `population_size` points (default 4 + floor(3 ln d), 11 for the 14-D
+autoresearch space) is sampled by evosax with the key `fold_in(key(seed), g)` as soon as generation g - 1 has been
+updated. `ask` hands out its members in order, one per call; `tell` files each finished trial under the generation;
+once `population_size` trials have been told, evosax's `tell` updates mean, step size and covariance on them and the
+next generation is sampled. Members not handed out by then are dropped.
+
+Replay. `ask` changes nothing that survives the next `tell` (it only remembers, for a caller that asks several times
+before telling, which members it already handed out), so the state is a function of the told trials in order: a
+fresh proposer with the same seed that is told the journal again is in exactly the state of the run that wrote it,
+and asks the same next point.
+
+Trials it did not propose. A told trial whose params equal a member still open in the current generation is that
+member. Any other trial -- the default trial 0, an LLM's configuration in Centaur, a member of an old generation --
+is an *injected* solution at its own unit encoding. Following Hansen, "Injecting external solutions into CMA-ES"
+(arXiv:1110.4181), its step y = (x - m) / sigma is shortened to a Mahalanobis length ||C^{-1/2} y|| of at most
+sqrt(d) + 2d / (d + 2) before the update, so a far-away point can pull the mean at most about as far as a sampled
+one would and cannot blow up sigma or C.
+
+Boundaries. A sampled member may leave [0, 1]^d; `Space.from_unit` clips it for evaluation. A member inside the cube
+is told to evosax as sampled; one outside is told as the *repaired* point clip(x, 0, 1), the configuration that was
+actually evaluated -- an injected solution too (Hansen, ibid.), so the same Mahalanobis clipping applies. Telling
+the unclipped sample instead lets the mean drift out of the cube along any coordinate whose best value is at a bound
+(WARMUP_RATIO = 0, say), where the objective is flat; on a synthetic quadratic like the one in
+tests/test_proposers.py its best value after 200 trials was about twice repair's (0.40 vs 0.19). With repair the
+mean, a positive-weight average of evaluated points, stays in the cube. Points are not snapped to the integer or
+categorical grid: a level's whole slice evaluates alike, and snapping would collapse the variance along coordinates
+with few levels.
+
+Failures. The generation's fitness is `penalized_values` over all told trials: an `oom` (or any failure) ranks just
+behind the worst success, i.e. among the worst members of its generation. evosax's CMA-ES uses only ranks
+(recombination weights by rank, negative weights for the worst), so the mean moves away from a region that OOMs and
+the covariance shrinks towards it. Several failures in one generation tie with each other.
+
+Cost. Per process, the first proposer of a given (population_size, d) jit-compiles evosax's init/ask/tell (a few
+seconds on CPU); after that ask and tell take microseconds. The arrays are tiny: run the study process on the CPU
+(JAX_PLATFORMS=cpu), or JAX there would claim most of a GPU's memory that the trainer needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from evosax.algorithms import CMA_ES
+
+from jaxhpo.journal import TrialRecord
+from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
+from jaxhpo.space import Space, SpaceError
+
+# evosax jit-compiles ask/tell per algorithm object (`self` is a static argument), so share one per shape:
+# every proposer of the same population size and dimension reuses the compiled functions.
+_ALGORITHMS: dict[tuple[int, int], CMA_ES] = {}
+
+
+def _algorithm(population_size: int, dim: int) -> CMA_ES:
+    key = (population_size, dim)
+    if key not in _ALGORITHMS:
+        _ALGORITHMS[key] = CMA_ES(population_size=population_size, solution=jnp.zeros(dim))
+    return _ALGORITHMS[key]
+
+
+def decode(space: Space, u) -> dict:
+    """`space.from_unit`, then clamped: exp(log(high)) can land a rounding error above a log range's high."""
+    return space.clamp(space.from_unit(u))[0]
+
+
+def default_population_size(dim: int) -> int:
+    """Hansen's default lambda = 4 + floor(3 ln d)."""
+    return 4 + int(math.floor(3 * math.log(dim)))
+
+
+def injection_bound(dim: int) -> float:
+    """Hansen's bound on an injected step's Mahalanobis length: sqrt(d) + 2d / (d + 2)."""
+    return math.sqrt(dim) + 2 * dim / (dim + 2)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing their average rank (what evosax computes, without float32 rounding)."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    for v in np.unique(values):
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+class CMAESProposer(Proposer):
+    name = "cmaes"
+
+    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float = 0.25):
+        super().__init__(space, seed)
+        d = space.dim
+        if population_size is None:
+            population_size = default_population_size(d)
+        if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 2:
+            raise ValueError(f"cmaes: population_size must be an integer >= 2 or null, got {population_size!r}")
+        if isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or not 0 < sigma0 < 10:
+            raise ValueError(f"cmaes: sigma0 must be a number in (0, 10), got {sigma0!r}")
+        self.population_size, self.sigma0 = population_size, float(sigma0)
+        self._es = _algorithm(population_size, d)
+        self._params = self._es.default_params.replace(std_init=jnp.asarray(self.sigma0, dtype=jnp.float32))
+        self._key = jax.random.key(seed)
+        mean0 = jnp.asarray(space.to_unit(space.default()), dtype=jnp.float32)
+        self._state = self._es.init(self._key, mean0, self._params)
+        self._generation = 0
+        self._told: list[TrialRecord] = []  # every trial told, in order (for penalized_values)
+        self._solutions: list[np.ndarray] = []  # this generation's told solutions, as handed to evosax
+        self._told_idx: list[int] = []  # ... and their positions in self._told
+        self._injected = 0  # this generation's told solutions that were repaired or injected
+        self._sample()
+
+    # -- the ask/tell protocol -------------------------------------------------------------------------------
+
+    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+        """The next open member of the current generation (history is not needed: the state comes from tell)."""
+        j = self._next_member()
+        self._handed.add(j)
+        meta = {"generation": self._generation, "member": j, "sigma": float(self._state.std)}
+        return Proposal(dict(self._decoded[j]), self.name, meta)
+
+    def tell(self, trial: TrialRecord) -> None:
+        self._told.append(trial)
+        self._handed.clear()  # asks only matter until the next tell: replay must not depend on them
+        j = next((j for j in range(self.population_size)
+                  if not self._used[j] and self._decoded[j] == trial.params), None)  # fmt: skip
+        if j is not None and np.all((self._population[j] >= 0) & (self._population[j] <= 1)):
+            self._used[j] = True
+            x = self._population[j]  # its own sample, inside the cube: exactly what evosax drew
+        else:
+            if j is not None:
+                self._used[j] = True
+            # a repaired member (clipped into the cube) or a foreign trial: an injected solution
+            x = self._bounded(np.clip(self._population[j], 0.0, 1.0) if j is not None else self._unit(trial.params))
+            self._injected += 1
+        self._solutions.append(x)
+        self._told_idx.append(len(self._told) - 1)
+        if len(self._solutions) == self.population_size:
+            self._update()
+
+    # -- read-only state for a hybrid (Centaur) ----------------------------------------------------------------
+
+    def state_summary(self) -> dict[str, Any]:
+        """Where the search stands: the unit-cube mean per parameter, the step size sigma, the covariance
+        matrix C (sampling covariance is sigma^2 C; rows and columns in the order of `names`), the decoded next
+        member `ask` would hand out (or None), the generation number and how much of it has been told."""
+        C = np.asarray(self._state.C, dtype=float)
+        j = self._next_member()
+        return {
+            "names": list(self.space.names),
+            "mean": {n: float(v) for n, v in zip(self.space.names, self._mean)},
+            "sigma": float(self._sigma),
+            "covariance": C.tolist(),
+            "next_suggestion": dict(self._decoded[j]) if j is not None else None,
+            "generation": self._generation,
+            "population_size": self.population_size,
+            "told_in_generation": len(self._solutions),
+            "injected_in_generation": self._injected,
+        }
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    @property
+    def _mean(self) -> np.ndarray:
+        return np.asarray(self._state.mean, dtype=float)
+
+    @property
+    def _sigma(self) -> float:
+        return float(self._state.std)
+
+    def _sample(self) -> None:
+        """Sample this generation's population (evosax's ask also refreshes the eigendecomposition of C)."""
+        key = jax.random.fold_in(self._key, self._generation)
+        population, self._state = self._es.ask(key, self._state, self._params)
+        self._population = np.asarray(population, dtype=float)
+        self._decoded = [decode(self.space, x) for x in self._population]
+        self._used = [False] * self.population_size
+        self._handed: set[int] = set()
+        B, D = np.asarray(self._state.B, dtype=float), np.asarray(self._state.D, dtype=float)
+        self._inv_sqrt_C = (B / D) @ B.T
+
+    def _next_member(self) -> int | None:
+        open_ = [j for j in range(self.population_size) if not self._used[j]]
+        fresh = [j for j in open_ if j not in self._handed]
+        # More asks than open members before any tell (a parallel caller): hand the open ones out again.
+        return fresh[0] if fresh else (open_[len(self._handed) % len(open_)] if open_ else None)
+
+    def _unit(self, params: dict) -> np.ndarray:
+        try:
+            return self.space.to_unit(params)
+        except SpaceError:
+            return self.space.to_unit(self.space.clamp(params)[0])  # learn from its nearest valid point
+
+    def _bounded(self, x: np.ndarray) -> np.ndarray:
+        """x moved towards the mean until its step y = (x - m) / sigma has Mahalanobis length ||C^{-1/2} y||
+        at most Hansen's bound (unchanged if it already has)."""
+        y = (x - self._mean) / self._sigma
+        length = float(np.linalg.norm(self._inv_sqrt_C @ y))
+        bound = injection_bound(self.space.dim)
+        return self._mean + self._sigma * y * (bound / length) if length > bound else x
+
+    def _update(self) -> None:
+        # evosax's CMA-ES uses only ranks: hand it exact float64 ranks (ties averaged) rather than float32 values.
+        fitness = _ranks(penalized_values(self._told)[self._told_idx])
+        key = jax.random.fold_in(self._key, self._generation)
+        population = jnp.asarray(np.stack(self._solutions), dtype=jnp.float32)
+        self._state, _ = self._es.tell(key, population, jnp.asarray(fitness, dtype=jnp.float32), self._state,
+                                       self._params)
+        self._generation += 1
+        self._solutions, self._told_idx, self._injected = [], [], 0
+        self._sample()

@@ -1,0 +1,172 @@
+"""One trial: a configuration of the space applied to the trainer, run in a fresh subprocess.
+
+The subprocess isolates what a trial can do to the study: it runs under a memory limit (an address-space limit
+on CPU, the XLA memory fraction on GPU, both applied by the trainer before JAX allocates anything) and a
+wall-clock timeout, and whatever happens to it (out of memory, NaN, a segfault, a hang) becomes an outcome:
+`ok`, `oom`, `diverged`, `timeout` or `crashed`. The trainer's `result.json` is the only channel back.
+
+`python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from omegaconf import OmegaConf
+
+from jaxhpo.space import Space, SpaceError
+from model.config import TrainConfig, load_config, validate
+
+RESULT_FILE = "result.json"
+LOG_FILE = "train.log"
+
+
+@dataclass
+class TrialConfig:
+    """The `trial:` node: what every trial of a study gets."""
+
+    time_budget_s: float = 20.0  # training time per trial (compilation excluded)
+    memory_limit_gb: Optional[float] = 4.0  # per trial; None = no limit
+    timeout_s: Optional[float] = None  # wall-clock limit; None = 3 × time_budget_s + 300 s
+    compute_dtype: str = "auto"
+    save_checkpoint: bool = False  # every trial's parameters; at paper scale that is 200 MB a trial
+
+
+@dataclass
+class Outcome:
+    """How a trial ended, as the journal records it."""
+
+    status: str
+    val_bpb: float | None
+    error: str | None
+    wall_seconds: float
+    started_at: float
+    ended_at: float
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def training_seconds(self) -> float | None:
+        return self.result.get("training_seconds")
+
+    @property
+    def peak_memory_mb(self) -> float | None:
+        return self.result.get("peak_memory_mb")
+
+
+_MISSING = object()
+
+
+def check_space_keys(space: Space, base: TrainConfig) -> None:
+    """Refuse a space that sets a key the trainer does not have, before any trial runs."""
+    cfg = OmegaConf.structured(base)
+    for p in space.params:
+        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
+            raise SpaceError(
+                f"space parameter {p.name} sets unknown trainer key {p.key!r}; use a key such as "
+                "model.depth or optim.matrix_lr"
+            )
+
+
+def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialConfig) -> tuple[TrainConfig, list[str]]:
+    """The trainer config for `params`, with constraints between parameters repaired, and a note per repair.
+
+    Raises ConfigError if the configuration still cannot train: it is refused before a process starts.
+    """
+    cfg = OmegaConf.structured(base)
+    for key, value in space.overrides(params).items():
+        OmegaConf.update(cfg, key, value)
+    cfg.time_budget_s = trial.time_budget_s
+    cfg.memory_limit_gb = trial.memory_limit_gb
+    cfg.compute_dtype = trial.compute_dtype
+    cfg.save_checkpoint = trial.save_checkpoint
+    cfg: TrainConfig = OmegaConf.to_object(cfg)
+    notes = []
+    m = cfg.model
+    micro = m.device_batch_size * m.seq_len
+    if m.total_batch_size < micro or m.total_batch_size % micro:
+        # TOTAL_BATCH_SIZE must be a whole number of micro-batches: round up, as the smallest valid change.
+        repaired = max(1, -(-m.total_batch_size // micro)) * micro
+        notes.append(f"total_batch_size {m.total_batch_size} -> {repaired} (device_batch_size × seq_len = {micro})")
+        m.total_batch_size = repaired
+    validate(cfg)
+    return cfg, notes
+
+
+def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None) -> Outcome:
+    """Train `cfg` in a fresh subprocess in `trial_dir` and classify how it ended."""
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a rerun after a crash must not read the old result
+    (trial_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    timeout_s = timeout_s or 3 * cfg.time_budget_s + 300
+    started = time.time()
+    with open(trial_dir / LOG_FILE, "w") as log:
+        # A session of its own, so a timeout kills the trainer and any child it started.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxhpo.trial", str(trial_dir)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            returncode = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode = None
+        except BaseException:  # Ctrl-C or a kill of the study: take the trial down with it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    ended = time.time()
+    return _classify(trial_dir, returncode, timeout_s, started, ended)
+
+
+def refused(error: str, at: float) -> Outcome:
+    """The outcome of a configuration refused before it ran."""
+    return Outcome("crashed", None, f"refused: {error}", 0.0, at, at)
+
+
+def _classify(trial_dir: Path, returncode: int | None, timeout_s: float, started: float, ended: float) -> Outcome:
+    wall = ended - started
+    if returncode is None:
+        return Outcome("timeout", None, f"no result after {timeout_s:.0f}s; killed", wall, started, ended)
+    result_path = trial_dir / RESULT_FILE
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        return Outcome("crashed", None, f"killed by {name}", wall, started, ended, result)
+    if not result_path.exists():
+        return Outcome("crashed", None, f"exit code {returncode}: {_log_tail(trial_dir)}", wall, started, ended)
+    result = json.loads(result_path.read_text())
+    status = result.get("status", "crashed")
+    if status == "ok":
+        return Outcome("ok", result["val_bpb"], None, wall, started, ended, result)
+    if status not in ("oom", "diverged"):
+        status = "crashed"
+    return Outcome(status, None, result.get("error") or "no error message", wall, started, ended, result)
+
+
+def _log_tail(trial_dir: Path, lines: int = 3) -> str:
+    log = trial_dir / LOG_FILE
+    tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.exists() else []
+    return " | ".join(tail)[-500:] or "no output"
+
+
+def _main(trial_dir: str) -> int:
+    from model.train import train
+
+    result = train(load_config(Path(trial_dir) / "config.yaml"), trial_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))

@@ -1,0 +1,128 @@
+"""Studies end to end through `python -m jaxhpo`: real trials in subprocesses, a real journal, real kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxhpo.journal import STATUSES, Journal
+from jaxhpo.space import Space
+from tests.conftest import REPO, run_cli
+
+# Short trials on the tiny model; trial overhead (process start, compile, eval) dominates anyway.
+FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096"]
+
+
+def study_args(method: str, run_dir, data_cache, *extra: str) -> list[str]:
+    return [f"+method={method}", *FAST, f"data.cache_dir={data_cache}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def tiny_space() -> Space:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "hydra_configs/space/tiny.yaml")
+    return Space(cfg.name, OmegaConf.to_container(cfg.params))
+
+
+@pytest.mark.parametrize("method", ["random", "tpe", "cmaes"])
+def test_study_journals_every_trial_with_provenance(method, tmp_path, data_cache):
+    proc = run_cli("jaxhpo", *study_args(method, tmp_path, data_cache, "study.max_trials=3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    space = tiny_space()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[0].params == space.default() and trials[0].proposer == "default"
+    assert all(t.proposer == method for t in trials[1:])
+    for t in trials:
+        assert t.method == method and t.space_id == space.space_id and t.status in STATUSES
+        space.check(t.params)
+        assert (t.val_bpb is not None) == (t.status == "ok")
+    assert trials[0].status == "ok"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trials"] == 3 and summary["method"] == method
+    assert summary["best_val_bpb"] == min(t.val_bpb for t in trials if t.status == "ok")
+    assert (tmp_path / "convergence.png").stat().st_size > 1000
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 4
+
+
+def test_out_of_memory_trials_are_recorded_and_the_study_goes_on(tmp_path, data_cache):
+    # Widths up to 2048 under a 3 GB address-space limit: random draws that cannot fit really OOM.
+    wide = [
+        "space.params.ASPECT_RATIO.high=2048", "space.params.DEPTH.high=12", "trial.memory_limit_gb=3",
+        "study.max_trials=4", "seed=1",
+    ]
+    proc = run_cli("jaxhpo", *study_args("random", tmp_path, data_cache, *wide))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    assert len(trials) == 4 and trials[0].status == "ok"
+    ooms = [t for t in trials if t.status == "oom"]
+    assert ooms, [(t.status, t.error) for t in trials]
+    assert all("RESOURCE_EXHAUSTED" in t.error for t in ooms)
+
+
+def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path, data_cache):
+    args = study_args("tpe", tmp_path, data_cache, "study.max_trials=4")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxhpo", *args], cwd=REPO, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    journal_path = tmp_path / "journal.sqlite"
+    deadline = time.time() + 300
+    before = []
+    while time.time() < deadline and len(before) < 2:
+        time.sleep(0.5)
+        if journal_path.exists():
+            with Journal(journal_path, readonly=True) as journal:
+                before = journal.trials()
+    time.sleep(3)  # into the next trial: its subprocess is training when the kill lands
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Journal(journal_path, readonly=True) as journal:
+        before = journal.trials()
+    assert 2 <= len(before) < 4
+
+    resumed = run_cli("jaxhpo", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    with Journal(journal_path, readonly=True) as journal:
+        after = journal.trials()
+    assert [t.number for t in after] == [0, 1, 2, 3]
+    assert after[: len(before)] == before  # finished trials are kept as they were
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["+method=sgd"], "unknown method 'sgd'"),
+        ([], "choose a method with +method=NAME"),
+        (["+method=tpe", "space.params.DEPTH.low=30"], "low=30"),
+        (["+method=tpe", "study.budget_s=-5"], "study.budget_s"),
+        (["+method=tpe", "space=unknown_key"], "FOO sets unknown trainer key 'model.foo'"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(args, needle, tmp_path):
+    # A user's own space file, found through --config-dir, naming a parameter the trainer does not have.
+    (tmp_path / "conf/space").mkdir(parents=True)
+    (tmp_path / "conf/space/unknown_key.yaml").write_text(
+        "defaults: [space_schema, _self_]\nname: unknown_key\nparams:\n"
+        "  DEPTH: {type: int, key: model.depth, low: 1, high: 4, default: 2}\n"
+        "  FOO: {type: float, key: model.foo, low: 0.0, high: 1.0, default: 0.5}\n"
+    )
+    proc = run_cli("jaxhpo", *args, f"hydra.run.dir={tmp_path}", f"--config-dir={tmp_path / 'conf'}")
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and needle in errors[0], proc.stderr
+    assert not (tmp_path / "journal.sqlite").exists()
+
+
+def test_resuming_with_another_method_is_refused(tmp_path, data_cache):
+    first = run_cli("jaxhpo", *study_args("random", tmp_path, data_cache, "study.max_trials=1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("jaxhpo", *study_args("tpe", tmp_path, data_cache, "study.max_trials=2"))
+    assert second.returncode == 2 and "method='random'" in second.stderr
