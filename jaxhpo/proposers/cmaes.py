@@ -66,11 +66,6 @@ def _algorithm(population_size: int, dim: int) -> CMA_ES:
     return _ALGORITHMS[key]
 
 
-def decode(space: Space, u) -> dict:
-    """`space.from_unit`, then clamped: exp(log(high)) can land a rounding error above a log range's high."""
-    return space.clamp(space.from_unit(u))[0]
-
-
 def default_population_size(dim: int) -> int:
     """Hansen's default lambda = 4 + floor(3 ln d)."""
     return 4 + int(math.floor(3 * math.log(dim)))
@@ -178,7 +173,7 @@ class CMAESProposer(Proposer):
         key = jax.random.fold_in(self._key, self._generation)
         population, self._state = self._es.ask(key, self._state, self._params)
         self._population = np.asarray(population, dtype=float)
-        self._decoded = [decode(self.space, x) for x in self._population]
+        self._decoded = [self.space.from_unit(x) for x in self._population]
         self._used = [False] * self.population_size
         self._handed: set[int] = set()
         B, D = np.asarray(self._state.B, dtype=float), np.asarray(self._state.D, dtype=float)

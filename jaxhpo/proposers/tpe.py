@@ -88,8 +88,7 @@ class TPEProposer(Proposer):
         vals = doc["misc"]["vals"]
         unit = np.array([self._to_unit(p, vals[p.name][0]) for p in self.space.params])
         phase = "startup" if n < self.n_startup_trials else "tpe"
-        # clamped: exp(log(high)) can land a rounding error above a log range's high
-        return Proposal(self.space.clamp(self.space.from_unit(unit))[0], self.name, {"phase": phase})
+        return Proposal(self.space.from_unit(unit), self.name, {"phase": phase})
 
     def _trials(self, history: Sequence[TrialRecord]) -> Trials:
         """A hyperopt Trials holding every finished trial as a completed job with its penalized loss."""
