@@ -8,6 +8,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from jaxhpo.llm.client import LLMConfig
 from jaxhpo.space import SpaceConfig
 from jaxhpo.trial import TrialConfig
 from model.config import ModelConfig
@@ -42,6 +43,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     study: StudySettings = field(default_factory=StudySettings)
     trial: TrialConfig = field(default_factory=TrialConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)  # used only by methods that ask an LLM (llm, centaur)
     seed: int = 0
 
 

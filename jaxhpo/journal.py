@@ -7,13 +7,15 @@ reports read while the study writes: in WAL readers never block the writer and t
 whereas a rollback-journal reader's shared lock would make `append` wait or fail with "database is locked".
 (WAL needs shared memory between the processes, so the run folder must be on a local filesystem, not NFS.)
 
-Schema version 1 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
+Schema version 2 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
 
     trials(number INTEGER PRIMARY KEY, params JSON, space_id, method, proposer, status, val_bpb, error,
            wall_seconds, training_seconds, peak_memory_mb, started_at, ended_at, seed, meta JSON, result JSON)
     study(key TEXT PRIMARY KEY, value JSON)
+    llm_turns(trial_number -> trials.number, kind, prompt, reply, parsed JSON, repairs JSON, fallback,
+              latency_s, prompt_tokens, completion_tokens, model, attempts)       -- added in version 2
 
-Later versions (e.g. an `llm_turns` table keyed by trial number) add a step to `_MIGRATIONS`.
+A version-1 journal is upgraded in place when opened for writing (`_MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database
 
 _SCHEMA_V1 = f"""
@@ -62,15 +64,43 @@ CREATE TABLE study (
 );
 """
 
+# One row per LLM turn (a trial whose proposal an LLM was asked for), joined to its trial by number: the prompt
+# and raw reply are large and only reports and audits read them, so they stay out of `trials`.
+_LLM_TURN_COLUMNS = (
+    "trial_number", "kind", "prompt", "reply", "parsed", "repairs", "fallback", "latency_s", "prompt_tokens",
+    "completion_tokens", "model", "attempts",
+)  # fmt: skip
+_LLM_TURN_JSON = ("parsed", "repairs")
+_SCHEMA_LLM_TURNS = """
+CREATE TABLE llm_turns (
+    trial_number INTEGER PRIMARY KEY REFERENCES trials(number),
+    kind TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    reply TEXT,
+    parsed TEXT NOT NULL,
+    repairs TEXT NOT NULL,
+    fallback TEXT,
+    latency_s REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    model TEXT,
+    attempts INTEGER
+)
+"""
+
 # Migration steps: _MIGRATIONS[v] upgrades a version-v journal to v + 1 inside the opening transaction.
-# Version 1 is the first, so there is nothing to upgrade yet.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: lambda conn: conn.execute(_SCHEMA_LLM_TURNS),
+}
 
 _COLUMNS = (
     "number", "params", "space_id", "method", "proposer", "status", "val_bpb", "error", "wall_seconds",
     "training_seconds", "peak_memory_mb", "started_at", "ended_at", "seed", "meta", "result",
 )  # fmt: skip
 _JSON_COLUMNS = ("params", "meta", "result")
+_INSERT_LLM_TURN = (
+    f"INSERT INTO llm_turns ({', '.join(_LLM_TURN_COLUMNS)}) VALUES ({', '.join('?' * len(_LLM_TURN_COLUMNS))})"
+)
 _INSERT = f"INSERT INTO trials ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 # trials.csv: these lead, then one param_<name> column per hyperparameter, then _CSV_TAIL.
 _CSV_HEAD = ("number", "status", "val_bpb")
@@ -185,6 +215,25 @@ def _row(r: TrialRecord) -> tuple:
     )
 
 
+def _llm_turn_row(number: int, turn: dict) -> tuple:
+    """Validate an LLM turn (a dict with the _LLM_TURN_COLUMNS but trial_number) into its row."""
+    if not isinstance(turn, dict):
+        raise JournalError(f"trial {number}: llm_turn must be a dict, got {type(turn).__name__}")
+    unknown = sorted(set(turn) - set(_LLM_TURN_COLUMNS[1:]))
+    if unknown:
+        raise JournalError(f"trial {number}: llm_turn has unknown field {unknown[0]!r}")
+    values = {c: turn.get(c) for c in _LLM_TURN_COLUMNS[1:]}
+    values["kind"] = _text(f"trial {number}: llm_turn kind", values["kind"])
+    prompt = values["prompt"]
+    values["prompt"] = prompt if isinstance(prompt, str) else _encode(f"trial {number}: llm_turn prompt", prompt)
+    values["parsed"] = _encode(f"trial {number}: llm_turn parsed", values["parsed"])
+    values["repairs"] = _encode(f"trial {number}: llm_turn repairs", values["repairs"] or [])
+    values["latency_s"] = _number("llm_turn latency_s", values["latency_s"], optional=True)
+    for c in ("prompt_tokens", "completion_tokens", "attempts"):
+        values[c] = _number(f"llm_turn {c}", values[c], integer=True, optional=True)
+    return (number, *values.values())
+
+
 def _record(row: sqlite3.Row) -> TrialRecord:
     values = {c: row[c] for c in _COLUMNS}
     for c in _JSON_COLUMNS:
@@ -249,8 +298,7 @@ class Journal:
         if self.readonly:
             if fresh:
                 raise JournalError(f"{self.path} is an empty file, not a journal")
-            if version < SCHEMA_VERSION:
-                raise JournalError(f"{self.path} has old journal schema {version}; open it for writing to upgrade")
+            self._version = version  # an older journal reads fine: its missing tables read as empty
             return
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; see the module docstring
@@ -259,6 +307,7 @@ class Journal:
             if version < SCHEMA_VERSION:
                 with self._transaction():
                     self._migrate()
+            self._version = SCHEMA_VERSION
         except sqlite3.Error as e:
             raise JournalError(f"cannot set up journal {self.path}: {e}") from None
 
@@ -297,14 +346,18 @@ class Journal:
             raise JournalError(f"journal {self.path} was opened read-only")
         return self._conn
 
-    def append(self, record: TrialRecord) -> None:
-        """Store one finished trial in one transaction; durable on return; an existing number is refused."""
+    def append(self, record: TrialRecord, llm_turn: dict | None = None) -> None:
+        """Store one finished trial (and the LLM turn that proposed it, if any) in one transaction; durable on
+        return; an existing number is refused."""
         row = _row(record)
+        turn = _llm_turn_row(row[0], llm_turn) if llm_turn is not None else None
         with self._lock:
             conn = self._live(write=True)
             try:
                 with self._transaction():
                     conn.execute(_INSERT, row)  # INSERT, never REPLACE: a finished trial is never overwritten
+                    if turn is not None:
+                        conn.execute(_INSERT_LLM_TURN, turn)
             except sqlite3.IntegrityError as e:
                 if conn.execute("SELECT 1 FROM trials WHERE number = ?", (row[0],)).fetchone():
                     raise JournalError(f"trial {row[0]} is already in journal {self.path}") from None
@@ -321,6 +374,20 @@ class Journal:
             except sqlite3.Error as e:
                 raise JournalError(f"cannot read journal {self.path}: {e}") from None
         return [_record(r) for r in rows]
+
+    def llm_turns(self) -> list[dict]:
+        """Every LLM turn, ordered by trial number, JSON columns decoded."""
+        if self._version < 2:  # a version-1 journal opened read-only has no llm_turns table
+            return []
+        with self._lock:
+            conn = self._live()
+            try:
+                rows = conn.execute(
+                    f"SELECT {', '.join(_LLM_TURN_COLUMNS)} FROM llm_turns ORDER BY trial_number"
+                ).fetchall()
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+        return [{c: json.loads(r[c]) if c in _LLM_TURN_JSON else r[c] for c in _LLM_TURN_COLUMNS} for r in rows]
 
     def next_number(self) -> int:
         """The number of the next trial: max(number) + 1, or 0 for an empty journal."""

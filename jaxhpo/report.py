@@ -12,8 +12,12 @@ import numpy as np
 from jaxhpo.journal import STATUSES, TrialRecord
 
 
-def summarize(trials: Sequence[TrialRecord], *, method: str, space_id: str, seed: int, budget_s: float | None) -> dict:
-    """summary.json: the best configuration, outcome counts, failure share, trials per proposer, budget used."""
+def summarize(
+    trials: Sequence[TrialRecord], *, method: str, space_id: str, seed: int, budget_s: float | None,
+    llm_turns: Sequence[dict] = (), llm_startup_s: float = 0.0,
+) -> dict:
+    """summary.json: the best configuration, outcome counts, failure share, trials per proposer, budget used,
+    and LLM turns, fallbacks and time (not charged to the budget)."""
     ok = [t for t in trials if not t.failed]
     best = min(ok, key=lambda t: t.val_bpb) if ok else None
     statuses = Counter(t.status for t in trials)
@@ -32,6 +36,9 @@ def summarize(trials: Sequence[TrialRecord], *, method: str, space_id: str, seed
         "proposer_counts": dict(Counter(t.proposer for t in trials)),
         "trial_seconds": round(sum(t.wall_seconds for t in trials), 1),
         "budget_s": budget_s,
+        "llm_turns": len(llm_turns),
+        "llm_fallbacks": sum(1 for t in llm_turns if t["fallback"]),
+        "llm_seconds": round(llm_startup_s + sum(t["latency_s"] or 0.0 for t in llm_turns), 1),
     }
 
 
@@ -45,7 +52,8 @@ def best_so_far(trials: Sequence[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path) -> None:
     """Best-so-far val_bpb against cumulative trial time; one curve per method (mean ± std over its studies),
-    each trial marked: dots for successes, red crosses for failures (single-study methods)."""
+    each trial marked for single-study methods: dots for successes, stars for LLM-proposed successes, red
+    crosses for failures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +79,10 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
             x, _ = curves[0]
             ok = np.array([not t.failed for t in trials])
             vals = np.array([t.val_bpb if not t.failed else np.nan for t in trials])
-            ax.scatter(x[ok], vals[ok], s=12, color=line.get_color(), alpha=0.6)
+            llm = np.array([t.proposer == "llm" for t in trials])
+            ax.scatter(x[ok & ~llm], vals[ok & ~llm], s=12, color=line.get_color(), alpha=0.6)
+            if (ok & llm).any():
+                ax.scatter(x[ok & llm], vals[ok & llm], s=60, marker="*", color="black", label="LLM-proposed")
             if (~ok).any():
                 top = np.nanmax(vals) if ok.any() else 1.0
                 ax.scatter(x[~ok], np.full((~ok).sum(), top), marker="x", color="red", label="failed trial")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.llm_server import llm_server  # noqa: F401  (the embedded LLM server, once per session)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,9 +18,9 @@ def data_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("data-cache"))
 
 
-def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m MODULE ARGS` from the repository root and capture its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` from the repository root (extra `env` variables set) and capture its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -145,9 +145,10 @@ def test_schema_and_pragmas(tmp_path):
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"trials", "study"}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"trials", "study", "llm_turns"}
         with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint backs up the Python validation
             row = (0, "{}", "s", "m", "p", "weird", None, None, 1.0, None, None, 0.0, 1.0, 0, "{}", "{}")
             conn.execute(f"INSERT INTO trials VALUES ({', '.join('?' * len(row))})", row)
@@ -320,3 +321,46 @@ def test_kill_9_during_creation_leaves_an_openable_journal(tmp_path):
         proc.kill()
         proc.communicate()
         check_after_kill(path, [])
+
+
+TURN = {
+    "kind": "centaur", "prompt": [{"role": "user", "content": "Reply with JSON only."}], "reply": '{"DEPTH": 99}',
+    "parsed": {"DEPTH": 8}, "repairs": ["DEPTH: 99 -> 8"], "fallback": None, "latency_s": 0.8,
+    "prompt_tokens": 812, "completion_tokens": 40, "model": "SmolLM2-135M-Instruct", "attempts": 1,
+}
+
+
+def test_llm_turns_are_stored_with_their_trial_and_read_back(tmp_path):
+    with Journal(tmp_path / "journal.sqlite") as j:
+        j.append(record(0))
+        j.append(record(1, proposer="llm"), llm_turn=TURN)
+        j.append(record(2, proposer="llm→fallback"), llm_turn={**TURN, "reply": None, "parsed": None,
+                                                                "repairs": [], "fallback": "LLMError: refused"})
+        turns = j.llm_turns()
+    assert [t["trial_number"] for t in turns] == [1, 2]
+    assert turns[0]["parsed"] == {"DEPTH": 8} and turns[0]["repairs"] == ["DEPTH: 99 -> 8"]
+    assert '"Reply with JSON only."' in turns[0]["prompt"]  # messages stored as JSON text
+    assert turns[1]["fallback"] == "LLMError: refused" and turns[1]["reply"] is None
+
+
+def test_a_bad_llm_turn_refuses_the_whole_append(tmp_path):
+    with Journal(tmp_path / "journal.sqlite") as j:
+        with pytest.raises(JournalError, match="unknown field 'secret'"):
+            j.append(record(0), llm_turn={**TURN, "secret": 1})
+        assert j.trials() == [] and j.llm_turns() == []
+
+
+def test_version_1_journal_is_upgraded_in_place(tmp_path):
+    from jaxhpo.journal import _SCHEMA_V1, APPLICATION_ID
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_V1)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute("PRAGMA user_version=1")
+    with Journal(path, readonly=True) as j:  # readers take an old journal as it is
+        assert j.trials() == [] and j.llm_turns() == []
+    with Journal(path) as j:
+        j.append(record(0), llm_turn=TURN)
+    with Journal(path, readonly=True) as j:
+        assert len(j.trials()) == 1 and len(j.llm_turns()) == 1

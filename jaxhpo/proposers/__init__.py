@@ -6,29 +6,41 @@ import inspect
 from typing import Any
 
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
+from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
+from jaxhpo.proposers.llm import LLMProposer
 from jaxhpo.proposers.random import RandomProposer
 from jaxhpo.proposers.tpe import TPEProposer
 from jaxhpo.space import Space
 
-PROPOSERS: dict[str, type[Proposer]] = {"random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer}
+PROPOSERS: dict[str, type[Proposer]] = {
+    "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
+    "centaur": CentaurProposer,
+}  # fmt: skip
+
+# Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`.
+_NOT_OPTIONS = ("llm",)
 
 
 def proposer_options(name: str) -> dict[str, Any]:
     """The options a method takes, with their defaults (what hydra_configs/method/<name>.yaml lists)."""
     cls = _lookup(name)
     params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, space, seed
-    return {p.name: p.default for p in params}
+    return {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
 
 
-def make_proposer(name: str, space: Space, seed: int, **options: Any) -> Proposer:
-    """A fresh proposer for method `name`; ValueError (one line) for an unknown method or option."""
+def make_proposer(name: str, space: Space, seed: int, llm: Any = None, **options: Any) -> Proposer:
+    """A fresh proposer for method `name`; ValueError (one line) for an unknown method or option.
+
+    `llm` (an LLMClient, or None) goes to proposers whose class has `uses_llm`; the others ignore it."""
     cls = _lookup(name)
     known = proposer_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
         valid = f"valid options: {', '.join(known)}" if known else "it takes no options"
         raise ValueError(f"unknown option {unknown[0]!r} for method {name!r}; {valid}")
+    if cls.uses_llm:
+        return cls(space, seed, llm=llm, **options)
     return cls(space, seed, **options)
 
 
@@ -39,6 +51,6 @@ def _lookup(name: str) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "Proposal", "Proposer", "CMAESProposer", "RandomProposer", "TPEProposer", "make_proposer",
-    "penalized_values", "proposer_options",
+    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "RandomProposer",
+    "TPEProposer", "make_proposer", "penalized_values", "proposer_options",
 ]  # fmt: skip

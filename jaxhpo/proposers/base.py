@@ -27,9 +27,11 @@ class Proposal:
 
 
 class Proposer(ABC):
-    """ask(history) -> Proposal; tell(trial). Subclasses set `name`."""
+    """ask(history) -> Proposal; tell(trial). Subclasses set `name`; those that ask an LLM set `uses_llm`, take
+    an `llm` argument (an LLMClient or None) and read `self.llm` at every ask, so a study may also assign it."""
 
     name: str = "?"
+    uses_llm: bool = False
 
     def __init__(self, space: Space, seed: int):
         self.space, self.seed = space, seed

@@ -1,0 +1,545 @@
+"""What an LLM is shown and how its reply is read: the JSON schema of one configuration, the prompts of the two
+LLM methods, and a defensive parser that turns whatever came back into a valid configuration.
+
+Prompts are plain text a small model can follow (the embedded SmolLM2-135M has an 8k context): one line per
+search-space parameter, one line per trial, the configurations to copy from (the best so far, CMA-ES's
+suggestion) as JSON, and the instruction "Reply with JSON only." last. They are kept under `max_tokens`
+estimated tokens (characters / 3.5) by showing fewer of the recent evaluations.
+
+`parse_reply` never trusts the reply: it takes the first JSON object out of prose or code fences, matches
+parameter names case-insensitively, reads numbers given as strings, fills missing parameters from a fallback
+configuration, clips values to the bounds, rounds integers, snaps powers of two, replaces unknown categories, and
+notes every change in one line. Only a reply with no usable JSON object at all raises `ReplyError`; the proposer
+then falls back to its classical proposal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxhpo.journal import TrialRecord
+from jaxhpo.space import Param, Space
+
+RECENT = 20  # evaluations shown (the original's "last 20")
+TOP = 5  # best trials shown in Centaur's prompt
+MAX_PROMPT_TOKENS = 6000  # estimated; a local server's context lowers it (see proposers.llm.prompt_budget)
+CHARS_PER_TOKEN = 1.9  # non-digit characters per token in these prompts, for SmolLM2's tokenizer (measured)
+REPLY_INSTRUCTION = "Reply with JSON only."
+ERROR_CHARS = 90  # a failure reason is cut to this many characters
+
+
+class ReplyError(ValueError):
+    """An LLM reply that holds no usable configuration; the message is one line."""
+
+
+# -- the schema ----------------------------------------------------------------------------------------------------
+
+
+def param_schema(p: Param) -> dict:
+    """The JSON schema of one parameter's values (grammars enforce types and enums, not always the bounds)."""
+    if p.type == "categorical":
+        return {"type": "string", "enum": list(p.choices)}
+    if p.type == "int" and p.pow2:
+        return {"type": "integer", "enum": list(p.levels)}
+    return {"type": "integer" if p.type == "int" else "number", "minimum": p.low, "maximum": p.high}
+
+
+def json_schema(space: Space) -> dict:
+    """The JSON schema of one configuration: an object with every parameter, nothing else."""
+    return {
+        "type": "object",
+        "properties": {p.name: param_schema(p) for p in space.params},
+        "required": list(space.names),
+        "additionalProperties": False,
+    }
+
+
+# -- parsing -------------------------------------------------------------------------------------------------------
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)(?:```|$)", re.S)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _lenient(s: str) -> tuple[Any, str] | None:
+    """Common small-model JSON mistakes, repaired: trailing commas, Python literals, single quotes, a reply cut
+    short (closed after its last complete member). Returns (value, what was repaired) or None."""
+    fixes = []
+    t = re.sub(r",\s*([}\]])", r"\1", s)
+    if t != s:
+        fixes.append("trailing comma")
+    u = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", t)))
+    if u != t:
+        fixes.append("Python literals")
+    if '"' not in u and "'" in u:
+        u = u.replace("'", '"')
+        fixes.append("single quotes")
+    dec = json.JSONDecoder()
+    try:
+        return dec.raw_decode(u)[0], ", ".join(fixes)
+    except ValueError:
+        pass
+    # cut short (max_tokens): keep the members before the last comma that gives valid JSON when closed
+    cuts = [m.start() for m in re.finditer(",", u)][::-1][:40]
+    for cut in cuts:
+        try:
+            value = json.loads(u[:cut] + "}")
+        except ValueError:
+            continue
+        return value, ", ".join(fixes + ["reply cut short: kept its complete members"])
+    return None
+
+
+def extract_object(text: str) -> tuple[dict, list[str]]:
+    """The first JSON object in `text` (prose and code fences around it ignored), and notes on what had to be
+    repaired to read it. ReplyError if there is none or the first JSON value is not an object."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyError("empty reply")
+    t = text.strip()
+    notes: list[str] = []
+    candidates = [t] + [m.group(1).strip() for m in _FENCE.finditer(t)]
+    value: Any = None
+    found = False
+    for c in candidates:  # the whole reply, or a fenced block, is JSON
+        try:
+            value, found = json.loads(c), True
+            break
+        except ValueError:
+            continue
+    dec = json.JSONDecoder()
+    if not found:  # prose around it: the first "{" that starts a JSON value
+        for i in (i for i, ch in enumerate(t) if ch == "{"):
+            try:
+                value, found = dec.raw_decode(t, i)[0], True
+                break
+            except ValueError:
+                continue
+    if not found and "{" in t:
+        fixed = _lenient(t[t.index("{"):])
+        if fixed is not None:
+            value, what = fixed
+            found = True
+            notes.append(f"reply JSON repaired ({what})" if what else "reply JSON repaired")
+    if not found:  # a list in prose is still "not an object"
+        for i in (i for i, ch in enumerate(t) if ch == "["):
+            try:
+                value, found = dec.raw_decode(t, i)[0], True
+                break
+            except ValueError:
+                continue
+    if not found:
+        raise ReplyError(f"no JSON object in the reply: {_short(t)!r}")
+    if isinstance(value, list):
+        raise ReplyError(f"the reply's JSON is a list, not an object: {_short(t)!r}")
+    if not isinstance(value, dict):
+        raise ReplyError(f"the reply's JSON is a {type(value).__name__}, not an object: {_short(t)!r}")
+    return value, notes
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def _as_number(raw: Any) -> tuple[float | None, str | None]:
+    """(number, note) for a reply value; (None, None) if it is not one."""
+    if isinstance(raw, bool) or raw is None:
+        return None, None
+    if isinstance(raw, (int, float)):
+        return (float(raw) if isinstance(raw, float) else raw), None
+    if isinstance(raw, str):
+        s = raw.strip().replace("_", "")
+        try:
+            x = float(s)
+            x = int(x) if re.fullmatch(r"[-+]?\d+", s) else x
+            return x, f"read {raw!r} as {x!r}"
+        except ValueError:
+            m = _NUMBER.search(s)
+            if m:
+                x = float(m.group())
+                return x, f"read {raw!r} as {x!r}"
+    return None, None
+
+
+def _fmt_bounds(p: Param) -> str:
+    return f"[{fmt_value(p.low)}, {fmt_value(p.high)}]"
+
+
+def parse_reply(text: str, space: Space, fallback: Mapping | None = None,
+                fallback_label: str | None = None) -> tuple[dict, list[str]]:  # fmt: skip
+    """A valid configuration from an LLM reply, and one note per repair.
+
+    Parameters are matched case-insensitively (ignoring `_`, `-` and spaces); unknown ones are dropped; missing
+    ones, non-numbers and unknown categories take their value from `fallback` (e.g. CMA-ES's suggestion or the
+    best configuration so far; the space's default if None); numbers are clipped to the bounds, rounded to
+    integers and snapped to powers of two. ReplyError (one line) when there is no JSON object, or when it names
+    none of the space's parameters.
+    """
+    obj, repairs = extract_object(text)
+    if fallback is not None:
+        fb, _ = space.clamp(fallback)
+        label = fallback_label or "the fallback configuration"
+    else:
+        fb, label = space.default(), "the default"
+    by_norm = {_norm(n): n for n in space.names}
+
+    def matched(d: dict) -> int:
+        return sum(_norm(k) in by_norm for k in d)
+
+    if not matched(obj):  # {"config": {...}}: a small model's wrapper around the answer
+        inner = [(k, v) for k, v in obj.items() if isinstance(v, dict) and matched(v)]
+        if len(inner) == 1:
+            repairs.append(f"unwrapped the configuration from key {inner[0][0]!r}")
+            obj = inner[0][1]
+    if not matched(obj):
+        keys = ", ".join(map(str, list(obj)[:6])) or "none"
+        raise ReplyError(f"the reply names none of the space's parameters (its keys: {_short(keys, 100)})")
+
+    given: dict[str, Any] = {}
+    for key, raw in obj.items():
+        name = by_norm.get(_norm(key))
+        if name is None:
+            repairs.append(f"dropped unknown parameter {_short(str(key), 40)!r}")
+        elif name in given:
+            repairs.append(f"{name}: ignored a second value {_short(repr(raw), 40)} (key {_short(repr(key), 40)})")
+        else:
+            if key != name:
+                repairs.append(f"{name}: read from key {_short(repr(key), 40)}")
+            given[name] = raw
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if p.name not in given:
+            out[p.name] = fb[p.name]
+            repairs.append(f"{p.name} missing: used {fb[p.name]!r} from {label}")
+            continue
+        raw = given[p.name]
+        if p.type == "categorical":
+            if raw in p.choices:
+                out[p.name] = raw
+                continue
+            hit = [c for c in p.choices if isinstance(raw, (str, int, float)) and not isinstance(raw, bool)
+                   and str(c).lower() == str(raw).strip().lower()]  # fmt: skip
+            if hit:
+                out[p.name] = hit[0]
+                repairs.append(f"{p.name}: {raw!r} -> {hit[0]!r}")
+            else:
+                out[p.name] = fb[p.name]
+                repairs.append(f"{p.name}: unknown choice {_short(repr(raw), 40)}: used {fb[p.name]!r} from {label}")
+            continue
+        x, note = _as_number(raw)
+        if x is None or not math.isfinite(x):
+            out[p.name] = fb[p.name]
+            repairs.append(f"{p.name}: {_short(repr(raw), 40)} is not a number: used {fb[p.name]!r} from {label}")
+            continue
+        if note:
+            repairs.append(f"{p.name}: {note}")
+        value = p.clamp(x)
+        if value != x:
+            if not p.low <= x <= p.high:
+                why = f"outside {_fmt_bounds(p)}"
+            elif p.pow2:
+                why = "snapped to a power of two"
+            else:
+                why = "rounded to an integer"
+            repairs.append(f"{p.name}: {x!r} -> {value!r} ({why})")
+        out[p.name] = value
+    space.check(out)
+    return out, repairs
+
+
+# -- formatting ------------------------------------------------------------------------------------------------------
+
+
+def fmt_value(v: Any) -> str:
+    """Compact: ints as they are, floats to 3 significant digits, strings bare."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        s = f"{v:.3g}"
+        return s
+    return str(v)
+
+
+def fmt_config(params: Mapping, space: Space) -> str:
+    """A configuration as one line of JSON, in the space's order, floats to 3 significant digits."""
+    parts = []
+    for n in space.names:
+        if n not in params:
+            continue
+        v = params[n]
+        parts.append(f'"{n}": {json.dumps(v) if isinstance(v, str) else fmt_value(v)}')
+    return "{" + ", ".join(parts) + "}"
+
+
+def describe_param(p: Param) -> str:
+    default = fmt_value(p.default)
+    if p.type == "categorical":
+        return f"- {p.name}: one of {', '.join(p.choices)}; default {default}"
+    if p.type == "int" and p.pow2:
+        return f"- {p.name}: integer, a power of two: {', '.join(map(str, p.levels))}; default {default}"
+    kind = "integer" if p.type == "int" else "number"
+    scale = " (log scale)" if p.log else ""
+    return f"- {p.name}: {kind} from {fmt_value(p.low)} to {fmt_value(p.high)}{scale}; default {default}"
+
+
+def describe_space(space: Space) -> str:
+    return "\n".join(describe_param(p) for p in space.params)
+
+
+def _outcome(t: TrialRecord) -> str:
+    if not t.failed:
+        return f"{t.val_bpb:.4f}"
+    reason = _short(t.error or "", ERROR_CHARS)
+    return f"FAILED {t.status}" + (f" ({reason})" if reason and reason != t.status else "")
+
+
+def trials_header(space: Space) -> str:
+    return f"trial proposer val_bpb | {', '.join(space.names)}"
+
+
+def fmt_trial(t: TrialRecord, space: Space) -> str:
+    """One table row: number, proposer, val_bpb or the failure and its reason, then the values in space order."""
+    values = ", ".join(fmt_value(t.params[n]) if n in t.params else "?" for n in space.names)
+    return f"#{t.number} {t.proposer} {_outcome(t)} | {values}"
+
+
+def fmt_trials(trials: Sequence[TrialRecord], space: Space) -> str:
+    return "\n".join(fmt_trial(t, space) for t in trials)
+
+
+def best_trial(history: Sequence[TrialRecord]) -> TrialRecord | None:
+    ok = [t for t in history if not t.failed]
+    return min(ok, key=lambda t: t.val_bpb) if ok else None
+
+
+def estimate_tokens(messages: Sequence[Mapping]) -> int:
+    """A rough token count, on the high side: one per digit, other characters / 1.9.
+
+    Prompts here are mostly numbers and UPPER_CASE names. SmolLM2's tokenizer (like Qwen's) splits numbers into
+    single digits and the names into many pieces: it counts about 1.6 characters per token in a Centaur prompt,
+    so the usual characters / 3.5 would undercount by half and overflow the context. Larger models' tokenizers
+    need fewer tokens; for them this overestimates."""
+    text = "".join(m["content"] for m in messages)
+    digits = sum(ch.isdigit() for ch in text)
+    return int(math.ceil(digits + (len(text) - digits) / CHARS_PER_TOKEN))
+
+
+def _section(title: str, body: str) -> str:
+    return f"## {title}\n{body}"
+
+
+def _recent(history: Sequence[TrialRecord], space: Space, n: int, n_failures: int = 5) -> str:
+    """The last n trials as a table, and the most recent `n_failures` failures before them (where not to go)."""
+    rows = list(history)[-n:] if n else []
+    if not rows:
+        return "none yet"
+    skipped = len(history) - len(rows)
+    head = f"(oldest first; {skipped} earlier trials not shown)" if skipped else "(oldest first)"
+    text = f"{head}\n{trials_header(space)}\n{fmt_trials(rows, space)}"
+    earlier = [t for t in list(history)[:skipped] if t.failed][-n_failures:] if n_failures else []
+    if earlier:
+        text += "\nEarlier failures:\n" + fmt_trials(earlier, space)
+    return text
+
+
+def _failures_summary(history: Sequence[TrialRecord]) -> str:
+    failed = [t for t in history if t.failed]
+    if not failed:
+        return "No trial has failed so far."
+    counts: dict[str, int] = {}
+    for t in failed:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return (f"{len(failed)} of {len(history)} trials failed ("
+            + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ").")  # fmt: skip
+
+
+def _fit(build: Callable[[int], list[dict]], n_recent: int, max_tokens: int) -> list[dict]:
+    """build(n) -> messages with the last n evaluations (and up to min(n, 5) earlier failures); the largest n
+    whose prompt fits `max_tokens` estimated tokens (down to 1 if even that is over)."""
+    n = n_recent
+    messages = build(n)
+    while estimate_tokens(messages) > max_tokens and n > 1:
+        n -= 1
+        messages = build(n)
+    return messages
+
+
+SYSTEM = (
+    "You are an expert in training small GPT language models and in hyperparameter optimization. "
+    "You propose one hyperparameter configuration at a time as a JSON object."
+)
+
+_GOAL = (
+    "We tune the hyperparameters of a small GPT language model. Each trial trains it for a fixed time and "
+    "reports val_bpb (validation bits per byte): lower is better. A trial fails with oom when the model or "
+    "batch needs more memory than the device has."
+)
+
+_TABLES = (
+    "Trials are listed one per row: trial number, who proposed it, val_bpb (or FAILED, the status and its "
+    "reason), then the parameter values in the order of the search space."
+)
+
+
+def _reply_format(space: Space) -> str:
+    return (
+        f"Give all {space.dim} parameters, each within its range, as one JSON object with exactly these keys: "
+        f"{', '.join(space.names)}."
+    )
+
+
+def _messages(static: Sequence[str], dynamic: Sequence[str]) -> list[dict]:
+    """System + user message. The parts that never change within a study come first, so that a server that
+    caches the previous prompt's prefix (llama.cpp does) only processes the rest anew."""
+    user = "\n\n".join([*static, *dynamic, REPLY_INSTRUCTION])
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+# -- method=llm ------------------------------------------------------------------------------------------------------
+
+
+def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord | None = None,
+               n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS) -> list[dict]:  # fmt: skip
+    """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations (with
+    failure reasons), the best configuration so far, guidance, and the JSON-only instruction; at most
+    `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
+    best = best if best is not None else best_trial(history)
+    if best is not None:
+        best_text = f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}:\n{fmt_config(best.params, space)}"
+    else:
+        best_text = "No trial has succeeded yet. The default configuration:\n" + fmt_config(space.default(), space)
+    static = [
+        _GOAL,
+        _section("Search space", describe_space(space)),
+        _section("How to choose", "\n".join([
+            "- Propose the next configuration to evaluate: one you expect to reach a lower val_bpb than the best.",
+            "- Start from the best configuration and change one to three parameters, using what you know about "
+            "training GPT models (learning rates, batch sizes, model size for a fixed training time).",
+            "- Do not repeat a configuration that was already evaluated.",
+            "- Stay away from configurations like the failed ones: after an oom, use a smaller model or batch.",
+        ])),  # fmt: skip
+        _TABLES,
+    ]
+
+    def build(n: int) -> list[dict]:
+        return _messages(static, [
+            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            _section("Best configuration so far", best_text),
+            _failures_summary(history) + " " + _reply_format(space),
+        ])  # fmt: skip
+
+    return _fit(build, n_recent, max_tokens)
+
+
+# -- Centaur -----------------------------------------------------------------------------------------------------------
+
+
+def _sigma_phase(sigma: float, sigma0: float) -> str:
+    if sigma < 0.4 * sigma0:
+        return "small: CMA-ES is converging, so exploit: stay close to the mean and change little"
+    if sigma > 0.8 * sigma0:
+        return "large: CMA-ES is still exploring, so use your prior knowledge of good settings"
+    return "medium: balance staying near the mean with your prior knowledge"
+
+
+def covariance_text(names: Sequence[str], C: Any) -> str:
+    """The lower triangle of C, one row per parameter, 2 decimals without the leading zero (".07", "-.12");
+    scaled by a power of ten, and says so, when its largest variance is below 0.1 or above 10."""
+    C = np.asarray(C, dtype=float)
+    top = float(np.max(np.abs(np.diag(C)))) if C.size else 1.0
+    k = 0 if not math.isfinite(top) or top == 0 or 0.1 <= top < 10 else -math.floor(math.log10(top))
+    scaled = C * 10.0**k
+    note = f"C x 1e{k}, " if k else ""
+    lines = [f"({note}symmetric: row k lists C[k][1..k], columns in the same order as the rows)"]
+    for i, n in enumerate(names):
+        lines.append(f"{i + 1} {n}: " + " ".join(_f2(scaled[i, j]) for j in range(i + 1)))
+    return "\n".join(lines)
+
+
+def _f2(x: float) -> str:
+    s = f"{x:.2f}"
+    if s in ("0.00", "-0.00"):
+        return "0"
+    return s.replace("0.", ".", 1) if s.startswith(("0.", "-0.")) else s
+
+
+def _mean_lines(space: Space, state: Mapping) -> str:
+    names = list(state.get("names") or space.names)
+    mean = np.array([state["mean"][n] for n in names], dtype=float)
+    decoded = space.from_unit(np.clip(mean, 0.0, 1.0))
+    sigma = float(state["sigma"])
+    C = np.asarray(state["covariance"], dtype=float)
+    sd = sigma * np.sqrt(np.maximum(np.diag(C), 0.0))
+    lines = []
+    for i, n in enumerate(names):
+        lines.append(f"- {n} = {fmt_value(decoded[n])} (unit {mean[i]:.2f} ± {sd[i]:.2f})")
+    return "\n".join(lines)
+
+
+def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord], suggestion: Mapping | None,
+                   n_recent: int = RECENT, n_top: int = TOP, max_tokens: int = MAX_PROMPT_TOKENS) -> list[dict]:  # fmt: skip
+    """The chat messages for one Centaur LLM turn.
+
+    `state` is `CMAESProposer.state_summary()` (optionally with "sigma0", the initial step size); `suggestion` is
+    the configuration CMA-ES would run next. The prompt holds the search space; CMA-ES's mean (decoded to
+    parameter values and in unit coordinates, with each coordinate's standard deviation σ·sqrt(C_kk)), σ, the
+    covariance matrix labelled by parameter, the suggestion; the top trials; the last evaluations with failure
+    reasons; the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens` estimated
+    tokens (fewer recent evaluations are shown if need be).
+    """
+    names = list(state.get("names") or space.names)
+    sigma = float(state["sigma"])
+    sigma0 = float(state.get("sigma0") or 0.25)
+    best = best_trial(history)
+    ok = sorted((t for t in history if not t.failed), key=lambda t: t.val_bpb)[:n_top]
+    top = f"{trials_header(space)}\n{fmt_trials(ok, space)}" if ok else "no successful trial yet"
+    best_text = (f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}:\n{fmt_config(best.params, space)}" if best
+                 else "No trial has succeeded yet.")  # fmt: skip
+    sugg = fmt_config(suggestion, space) if suggestion is not None else "none"
+    static = [
+        _GOAL,
+        _section("Search space", describe_space(space)),
+        _section("How to choose", "\n".join([
+            "CMA-ES proposes most trials. You may replace its next suggestion with your own configuration; "
+            "CMA-ES learns from its result. CMA-ES searches the unit cube: each parameter scaled to [0, 1] "
+            "(log-scale parameters by their logarithm; integers and choices own equal slices); its step size "
+            "sigma started at " + f"{sigma0:g}.",
+            "- When sigma is small, exploit: propose a point near the mean, close to the best trials.",
+            "- When sigma is large, use your prior knowledge of good GPT training settings.",
+            "- Steer away from regions where trials failed (after an oom, a smaller model or batch).",
+            "- Do not repeat a configuration that was already evaluated.",
+        ])),  # fmt: skip
+        _TABLES,
+    ]
+    cmaes = "\n".join([
+        f"Generation {state.get('generation', '?')}; step size sigma = {sigma:.3f}.",
+        "Mean of the search distribution, decoded (unit coordinate ± its standard deviation sigma*sqrt(C_kk)):",
+        _mean_lines(space, state),
+        "Covariance matrix C (sampling covariance = sigma^2 * C):",
+        covariance_text(names, state["covariance"]),
+        f"CMA-ES's next suggestion:\n{sugg}",
+    ])  # fmt: skip
+
+    def build(n: int) -> list[dict]:
+        return _messages(static, [
+            _section("CMA-ES state", cmaes),
+            _section(f"Top {len(ok)} trials", top),
+            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            _section("Best configuration so far", best_text),
+            f"Now sigma = {sigma:.3f}, which is {_sigma_phase(sigma, sigma0)}. {_failures_summary(history)} "
+            + _reply_format(space),
+        ])  # fmt: skip
+
+    return _fit(build, n_recent, max_tokens)

@@ -1,0 +1,93 @@
+"""Centaur: CMA-ES with an LLM that, on some trials, sees CMA-ES's state and may replace its proposal.
+
+Protocol (the study's, DESIGN.md §5). CMA-ES (`CMAESProposer`) is asked on every trial and told every finished
+trial, whoever proposed it. Trial t (= the number of finished trials; trial 0 is the default and never asked) is
+an *LLM turn* iff `is_llm_turn(t, warmup, ratio)`: t >= warmup and (t - warmup) is a multiple of
+round(1 / ratio). With the defaults (warmup 10, ratio 0.3, round(3.33) = 3) that is trials 10, 13, 16, ...: a
+share 1/round(1/ratio) ≈ ratio of the trials after the warm-up.
+
+On an LLM turn the prompt (`jaxhpo.llm.prompt.centaur_prompt`) holds the search space, CMA-ES's mean (decoded and
+in unit coordinates), step size σ, covariance matrix labelled by parameter and next suggestion, the top-5 trials,
+the last 20 evaluations with failure reasons, the best configuration, and guidance. If the reply parses, its
+configuration -- clamped to the bounds, missing parameters filled from CMA-ES's suggestion -- is proposed with
+proposer "llm". If the LLM is missing, fails, or replies without a usable JSON object, CMA-ES's suggestion is
+proposed with proposer "llm→fallback" and the reason is recorded (the original study crashed here instead).
+Every other trial runs CMA-ES's suggestion with proposer "cmaes".
+
+Telling. An LLM configuration is, to CMA-ES, an injected solution: it counts as one of the generation's
+population and its step is clipped to Hansen's Mahalanobis bound (`CMAESProposer.tell`), so a far-off
+configuration cannot blow up σ or C. The suggestion it replaced stays open and is handed out on the next ask.
+
+Replay. Centaur's state is CMA-ES's, a function of the told trials in order; a resumed study tells the journal's
+trials (the LLM's configurations as they ran) and continues exactly. The LLM is not asked again for past trials.
+
+Every proposal's meta holds CMA-ES's (generation, member, sigma); an LLM turn adds `llm_turn` (see
+`jaxhpo.proposers.llm`) and, when the LLM's configuration ran, `changed`: the parameters in which it differs from
+CMA-ES's suggestion.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+from jaxhpo.journal import TrialRecord
+from jaxhpo.llm.prompt import centaur_prompt
+from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.proposers.cmaes import CMAESProposer
+from jaxhpo.proposers.llm import FALLBACK, llm_turn, prompt_budget
+from jaxhpo.space import Space
+
+
+def llm_period(ratio: float) -> int:
+    """Every how many trials the LLM is asked after the warm-up: round(1 / ratio) (at least 1)."""
+    return max(1, round(1 / ratio))
+
+
+def is_llm_turn(t: int, warmup: int, ratio: float) -> bool:
+    """Whether trial number t is an LLM turn: t >= warmup and (t - warmup) % round(1 / ratio) == 0.
+
+    With warmup 10 and ratio 0.3 (period 3): trials 10, 13, 16, 19, ...; ratio 0.5: 10, 12, 14, ...; ratio 1:
+    every trial from `warmup` on. The share of post-warm-up trials is 1 / round(1 / ratio), ≈ ratio.
+    """
+    return t >= warmup and (t - warmup) % llm_period(ratio) == 0
+
+
+class CentaurProposer(Proposer):
+    """CMA-ES on every trial; an LLM may replace its proposal on the trials `is_llm_turn` picks."""
+
+    name = "centaur"
+    uses_llm = True
+
+    def __init__(self, space: Space, seed: int, llm: Any = None, warmup: int = 10, ratio: float = 0.3,
+                 population_size: int | None = None, sigma0: float = 0.25):  # fmt: skip
+        super().__init__(space, seed)
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+            raise ValueError(f"centaur: warmup must be an integer >= 0 (trials before the first LLM turn), got {warmup!r}")
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
+            raise ValueError(f"centaur: ratio must be a number in (0, 1] (share of trials the LLM proposes), got {ratio!r}")
+        self.warmup, self.ratio = int(warmup), float(ratio)
+        self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
+        self.cmaes = CMAESProposer(space, seed, population_size=population_size, sigma0=sigma0)
+
+    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+        t = len(history)
+        state = self.cmaes.state_summary()  # before ask: its next_suggestion is what ask hands out now
+        suggestion = self.cmaes.ask(history)
+        if not is_llm_turn(t, self.warmup, self.ratio):
+            return Proposal(suggestion.params, "cmaes", suggestion.meta)
+        state["sigma0"] = self.cmaes.sigma0
+        messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm))
+        params, turn = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, "CMA-ES's suggestion")
+        meta = dict(suggestion.meta, llm_turn=turn)
+        if params is None:
+            return Proposal(suggestion.params, FALLBACK, meta)
+        meta["changed"] = [n for n in self.space.names if params[n] != suggestion.params[n]]
+        return Proposal(params, "llm", meta)
+
+    def tell(self, trial: TrialRecord) -> None:
+        self.cmaes.tell(trial)  # every trial, whoever proposed it: an LLM configuration is an injected solution
+
+    def state_summary(self) -> dict[str, Any]:
+        """CMA-ES's state (see `CMAESProposer.state_summary`)."""
+        return self.cmaes.state_summary()

@@ -1,0 +1,101 @@
+"""method=llm, the study's "agent, 14 HPs": on every trial an LLM sees the search space, the last 20 evaluations
+(with failure reasons) and the best configuration so far, and answers with a JSON configuration.
+
+The reply is parsed and repaired by `jaxhpo.llm.prompt.parse_reply` (missing parameters are filled from the best
+configuration so far). When there is no LLM, the call fails (unreachable server, timeout, HTTP error, empty reply
+after the client's retries) or the reply holds no usable JSON object, the trial falls back to a seeded uniform
+random draw -- what `random` would propose for that trial -- tagged "llm→fallback", and the one-line reason is
+recorded. A study never stops because of its LLM.
+
+Every proposal carries `meta["llm_turn"]`, a plain dict the study stores in the journal's `llm_turns` table:
+kind, prompt (the chat messages as JSON text), reply (raw text or None), parsed (the configuration or None),
+repairs (one line per change made to the reply), fallback (the reason, or None), latency_s (of the successful
+request; on failure the time spent trying), prompt_tokens, completion_tokens, model, attempts.
+
+Replay: the proposer keeps no state (tell is ignored); a resumed study asks the LLM afresh for the next trial.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxhpo.journal import TrialRecord
+from jaxhpo.llm.client import LLMError, one_line
+from jaxhpo.llm.prompt import MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply
+from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.space import Space
+
+FALLBACK = "llm→fallback"
+
+
+def prompt_budget(llm: Any) -> int:
+    """Estimated prompt tokens to aim for: MAX_PROMPT_TOKENS, less for a local server whose context (n_ctx) must
+    also hold the reply (max_tokens) and a margin for the estimate's error."""
+    cfg = getattr(llm, "cfg", None)
+    if cfg is None or getattr(cfg, "provider", None) != "local" or not getattr(cfg, "n_ctx", None):
+        return MAX_PROMPT_TOKENS
+    return max(1000, min(MAX_PROMPT_TOKENS, int(cfg.n_ctx) - int(cfg.max_tokens) - 300))
+
+
+def llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
+             fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
+    """Ask `llm` for a configuration: (params or None, the turn record). Never raises for an LLM or reply
+    failure: params is None and turn["fallback"] says why."""
+    turn: dict[str, Any] = {
+        "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
+        "repairs": [], "fallback": None, "latency_s": None, "prompt_tokens": None, "completion_tokens": None,
+        "model": None, "attempts": None,
+    }  # fmt: skip
+    if llm is None:
+        turn["fallback"] = "no LLM client configured"
+        return None, turn
+    t0 = time.perf_counter()
+    try:
+        completion = llm.chat(messages, json_schema(space))
+    except LLMError as e:
+        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(e)
+        return None, turn
+    except Exception as e:  # anything else a client raises: recorded, and the study goes on
+        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(f"{type(e).__name__}: {e}")
+        return None, turn
+    turn.update(
+        reply=completion.text, latency_s=completion.latency_s, prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
+    )  # fmt: skip
+    try:
+        params, repairs = parse_reply(completion.text, space, fallback, fallback_label)
+    except ReplyError as e:
+        turn["fallback"] = one_line(f"unusable reply: {e}")
+        if getattr(completion, "finish_reason", None) == "length":
+            turn["fallback"] += " (cut at max_tokens)"
+        return None, turn
+    if getattr(completion, "finish_reason", None) == "length":
+        repairs = ["reply cut at max_tokens (finish_reason=length)"] + repairs
+    turn["parsed"], turn["repairs"] = params, repairs
+    return params, turn
+
+
+class LLMProposer(Proposer):
+    """An LLM proposes every trial; a seeded random draw when it cannot."""
+
+    name = "llm"
+    uses_llm = True
+
+    def __init__(self, space: Space, seed: int, llm: Any = None):
+        super().__init__(space, seed)
+        self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
+
+    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+        best = best_trial(history)
+        messages = llm_prompt(self.space, history, best, max_tokens=prompt_budget(self.llm))
+        fallback, label = (best.params, "the best configuration") if best else (None, None)
+        params, turn = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
+        if params is not None:
+            return Proposal(params, self.name, {"llm_turn": turn})
+        # RandomProposer's draw for this trial: seeded by (seed, trial count), so replay-stable
+        rng = np.random.default_rng([self.seed, len(history)])
+        return Proposal(self.space.sample(rng), FALLBACK, {"llm_turn": turn})
