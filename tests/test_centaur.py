@@ -203,6 +203,34 @@ def test_llm_configurations_run_and_are_told_as_injected_solutions():
     assert "CMA-ES's next suggestion:\n{" in text
 
 
+def test_llm_turns_are_what_the_journal_stores(tmp_path):
+    from jaxhpo.journal import Journal
+
+    reply = "Here you go: " + json.dumps(SPACE.default() | {"DEPTH": 99, "BOGUS": 1})
+    p = CentaurProposer(SPACE, seed=0, llm=ScriptedLLM(reply, "no idea"), warmup=1, ratio=1.0)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        history = [record(0, SPACE.default(), objective(SPACE.default()), "default", method="centaur")]
+        journal.append(history[0])
+        p.tell(history[0])
+        for _ in range(2):
+            prop = p.ask(history)
+            meta = dict(prop.meta)
+            turn = meta.pop("llm_turn")  # what the study does
+            r = dataclasses.replace(record(len(history), prop.params, objective(prop.params), prop.proposer,
+                                           method="centaur"), meta=meta)  # fmt: skip
+            journal.append(r, llm_turn=turn)
+            history.append(r)
+            p.tell(r)
+        turns = journal.llm_turns()
+    assert [t["trial_number"] for t in turns] == [1, 2]
+    assert [r.proposer for r in history] == ["default", "llm", FALLBACK]
+    assert turns[0]["parsed"] == history[1].params and history[1].params["DEPTH"] == 24
+    assert turns[0]["repairs"] == ["dropped unknown parameter 'BOGUS'", "DEPTH: 99 -> 24 (outside [4, 24])"]
+    assert turns[1]["parsed"] is None and turns[1]["reply"] == "no idea"
+    assert turns[1]["fallback"].startswith("unusable reply: no JSON object")
+    assert json.loads(turns[0]["prompt"])[0]["role"] == "system"
+
+
 def test_replay_resumes_with_the_same_cmaes_state():
     llm = ScriptedLLM(lambda m: json.dumps(SPACE.sample(np.random.default_rng(len(m[1]["content"])))))
     p = CentaurProposer(SPACE, seed=4, llm=llm, warmup=3, ratio=0.5)

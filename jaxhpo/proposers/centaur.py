@@ -63,9 +63,11 @@ class CentaurProposer(Proposer):
                  population_size: int | None = None, sigma0: float = 0.25):  # fmt: skip
         super().__init__(space, seed)
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
-            raise ValueError(f"centaur: warmup must be an integer >= 0 (trials before the first LLM turn), got {warmup!r}")
+            raise ValueError(f"centaur: warmup must be an integer >= 0 (trials before the first LLM turn), "
+                             f"got {warmup!r}")
         if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
-            raise ValueError(f"centaur: ratio must be a number in (0, 1] (share of trials the LLM proposes), got {ratio!r}")
+            raise ValueError(f"centaur: ratio must be a number in (0, 1] (share of trials the LLM proposes), "
+                             f"got {ratio!r}")
         self.warmup, self.ratio = int(warmup), float(ratio)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
         self.cmaes = CMAESProposer(space, seed, population_size=population_size, sigma0=sigma0)

@@ -9,8 +9,9 @@ recorded. A study never stops because of its LLM.
 
 Every proposal carries `meta["llm_turn"]`, a plain dict the study stores in the journal's `llm_turns` table:
 kind, prompt (the chat messages as JSON text), reply (raw text or None), parsed (the configuration or None),
-repairs (one line per change made to the reply), fallback (the reason, or None), latency_s (of the successful
-request; on failure the time spent trying), prompt_tokens, completion_tokens, model, attempts.
+repairs (one line per change made to the reply), fallback (the reason, or None), latency_s (the seconds the
+study waited for the LLM: every attempt and back-off included, whether it succeeded or not), prompt_tokens,
+completion_tokens, model, attempts.
 
 Replay: the proposer keeps no state (tell is ignored); a resumed study asks the LLM afresh for the next trial.
 """
@@ -63,7 +64,7 @@ def llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: 
         turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(f"{type(e).__name__}: {e}")
         return None, turn
     turn.update(
-        reply=completion.text, latency_s=completion.latency_s, prompt_tokens=completion.prompt_tokens,
+        reply=completion.text, latency_s=time.perf_counter() - t0, prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
     )  # fmt: skip
     try:
