@@ -56,7 +56,7 @@ class LLMConfig:
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key, never the key
     temperature: float = 0.7
     max_tokens: int = 400
-    timeout_s: float = 60.0  # per request (connect, and the wait for the whole reply)
+    timeout_s: float = 300.0  # per request (connect, and the wait for the whole reply): a CPU is slow
     retries: int = 2  # extra attempts after the first, with exponential backoff
     backoff_s: float = 1.0  # sleep before retry k (1-based): backoff_s * 2**(k-1)
     json_mode: str = "schema"  # "schema" | "object" | "none" (see the module docstring)
