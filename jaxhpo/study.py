@@ -23,7 +23,7 @@ from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
 from jaxhpo.trial import check_space_keys, refused, run_trial, trial_config
-from model.config import ConfigError, TrainConfig
+from model.config import TrainConfig
 from model.data import load_corpus
 
 JOURNAL_FILE = "journal.sqlite"
@@ -136,8 +136,8 @@ class Study:
                 meta["repairs"] = repairs
             with self.console.status(f"trial {number} ({proposal.proposer}) training…"):
                 outcome = run_trial(train_cfg, self.run_dir / "trials" / f"{number:04d}", self.cfg.trial.timeout_s)
-        except ConfigError as e:
-            outcome = refused(str(e), time.time())
+        except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: refused, never run
+            outcome = refused(str(e).splitlines()[0], time.time())
         return TrialRecord(
             number=number, params=proposal.params, space_id=self.space.space_id, method=self.method,
             proposer=proposal.proposer, status=outcome.status, val_bpb=outcome.val_bpb, error=outcome.error,
