@@ -126,3 +126,16 @@ def test_resuming_with_another_method_is_refused(tmp_path, data_cache):
     assert first.returncode == 0, first.stderr[-3000:]
     second = run_cli("jaxhpo", *study_args("tpe", tmp_path, data_cache, "study.max_trials=2"))
     assert second.returncode == 2 and "method='random'" in second.stderr
+
+
+def test_batch_constraint_is_repaired_before_the_trial_starts():
+    from jaxhpo.trial import TrialConfig, trial_config
+    from model.config import ModelConfig, TrainConfig
+
+    space = tiny_space()
+    params = {**space.default(), "DEVICE_BATCH_SIZE": 64, "TOTAL_BATCH_SIZE": 1024}  # 1024 < 64 × 256 tokens
+    cfg, notes = trial_config(TrainConfig(model=ModelConfig(seq_len=256)), space, params, TrialConfig())
+    assert cfg.model.total_batch_size == 64 * 256 and cfg.model.device_batch_size == 64
+    assert notes == ["total_batch_size 1024 -> 16384 (device_batch_size × seq_len = 16384)"]
+    untouched, none = trial_config(TrainConfig(model=ModelConfig(seq_len=256)), space, space.default(), TrialConfig())
+    assert none == [] and untouched.model.total_batch_size == 4096
