@@ -120,14 +120,8 @@ def extract_object(text: str) -> tuple[dict, list[str]]:
             break
         except ValueError:
             continue
-    dec = json.JSONDecoder()
     if not found:  # prose around it: the first "{" that starts a JSON value
-        for i in (i for i, ch in enumerate(t) if ch == "{"):
-            try:
-                value, found = dec.raw_decode(t, i)[0], True
-                break
-            except ValueError:
-                continue
+        value, found = _first_json_value(t, "{")
     if not found and "{" in t:
         fixed = _lenient(t[t.index("{"):])
         if fixed is not None:
@@ -135,12 +129,7 @@ def extract_object(text: str) -> tuple[dict, list[str]]:
             found = True
             notes.append(f"reply JSON repaired ({what})" if what else "reply JSON repaired")
     if not found:  # a list in prose is still "not an object"
-        for i in (i for i, ch in enumerate(t) if ch == "["):
-            try:
-                value, found = dec.raw_decode(t, i)[0], True
-                break
-            except ValueError:
-                continue
+        value, found = _first_json_value(t, "[")
     if not found:
         raise ReplyError(f"no JSON object in the reply: {_short(t)!r}")
     if isinstance(value, list):
@@ -176,6 +165,17 @@ def _as_number(raw: Any) -> tuple[float | None, str | None]:
 
 def _fmt_bounds(p: Param) -> str:
     return f"[{fmt_value(p.low)}, {fmt_value(p.high)}]"
+
+
+def _first_json_value(text: str, opener: str) -> tuple[Any, bool]:
+    """The JSON value that starts at the first `opener` from which one decodes, and whether there was one."""
+    decoder = json.JSONDecoder()
+    for i in (i for i, ch in enumerate(text) if ch == opener):
+        try:
+            return decoder.raw_decode(text, i)[0], True
+        except ValueError:
+            continue
+    return None, False
 
 
 def parse_reply(text: str, space: Space, fallback: Mapping | None = None,
