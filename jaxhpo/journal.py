@@ -7,15 +7,21 @@ reports read while the study writes: in WAL readers never block the writer and t
 whereas a rollback-journal reader's shared lock would make `append` wait or fail with "database is locked".
 (WAL needs shared memory between the processes, so the run folder must be on a local filesystem, not NFS.)
 
-Schema version 2 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
+Schema version 3 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
 
     trials(number INTEGER PRIMARY KEY, params JSON, space_id, method, proposer, status, val_bpb, error,
            wall_seconds, training_seconds, peak_memory_mb, started_at, ended_at, seed, meta JSON, result JSON)
     study(key TEXT PRIMARY KEY, value JSON)
     llm_turns(trial_number -> trials.number, kind, prompt, reply, parsed JSON, repairs JSON, fallback,
               latency_s, prompt_tokens, completion_tokens, model, attempts)       -- added in version 2
+    pending(number PRIMARY KEY, params JSON, proposer, meta JSON, llm_turn JSON, started_at)  -- version 3
 
-A version-1 journal is upgraded in place when opened for writing (`_MIGRATIONS`).
+`pending` holds the trials that have started and not finished: a row is written (durably) before a trial's
+process starts and deleted in the transaction that appends the finished trial. After a crash or a kill of the
+study its rows are the trials that were in flight; a resumed study runs them again, with the same number and
+configuration, so nothing is lost and nothing runs twice under two numbers.
+
+An older journal is upgraded in place when opened for writing (`_MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database
 
 _SCHEMA_V1 = f"""
@@ -88,9 +94,21 @@ CREATE TABLE llm_turns (
 )
 """
 
+_SCHEMA_PENDING = """
+CREATE TABLE pending (
+    number INTEGER PRIMARY KEY,
+    params TEXT NOT NULL,
+    proposer TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    llm_turn TEXT,
+    started_at REAL NOT NULL
+)
+"""
+
 # Migration steps: _MIGRATIONS[v] upgrades a version-v journal to v + 1 inside the opening transaction.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: lambda conn: conn.execute(_SCHEMA_LLM_TURNS),
+    2: lambda conn: conn.execute(_SCHEMA_PENDING),
 }
 
 _COLUMNS = (
@@ -139,6 +157,18 @@ class TrialRecord:
     def failed(self) -> bool:
         """True unless the trial trained and was scored."""
         return self.status != "ok"
+
+
+@dataclass(frozen=True)
+class PendingTrial:
+    """A trial that has started and not finished: what is needed to run it again after a crash."""
+
+    number: int
+    params: dict[str, Any]
+    proposer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    llm_turn: dict[str, Any] | None = None  # the LLM turn that proposed it; journaled with the finished trial
+    started_at: float = 0.0
 
 
 def _json_default(value: Any) -> Any:
@@ -347,8 +377,8 @@ class Journal:
         return self._conn
 
     def append(self, record: TrialRecord, llm_turn: dict | None = None) -> None:
-        """Store one finished trial (and the LLM turn that proposed it, if any) in one transaction; durable on
-        return; an existing number is refused."""
+        """Store one finished trial (and the LLM turn that proposed it, if any) and drop its pending row, in one
+        transaction; durable on return; an existing number is refused."""
         row = _row(record)
         turn = _llm_turn_row(row[0], llm_turn) if llm_turn is not None else None
         with self._lock:
@@ -358,6 +388,7 @@ class Journal:
                     conn.execute(_INSERT, row)  # INSERT, never REPLACE: a finished trial is never overwritten
                     if turn is not None:
                         conn.execute(_INSERT_LLM_TURN, turn)
+                    conn.execute("DELETE FROM pending WHERE number = ?", (row[0],))
             except sqlite3.IntegrityError as e:
                 if conn.execute("SELECT 1 FROM trials WHERE number = ?", (row[0],)).fetchone():
                     raise JournalError(f"trial {row[0]} is already in journal {self.path}") from None
@@ -390,13 +421,62 @@ class Journal:
         return [{c: json.loads(r[c]) if c in _LLM_TURN_JSON else r[c] for c in _LLM_TURN_COLUMNS} for r in rows]
 
     def next_number(self) -> int:
-        """The number of the next trial: max(number) + 1, or 0 for an empty journal."""
+        """The number of the next trial: one more than any finished or pending trial, or 0 for an empty journal."""
+        pending = "UNION ALL SELECT number FROM pending" if self._version >= 3 else ""
         with self._lock:
             conn = self._live()
             try:
-                return conn.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM trials").fetchone()[0]
+                return conn.execute(
+                    f"SELECT COALESCE(MAX(number) + 1, 0) FROM (SELECT number FROM trials {pending})"
+                ).fetchone()[0]
             except sqlite3.Error as e:
                 raise JournalError(f"cannot read journal {self.path}: {e}") from None
+
+    def start(self, trial: PendingTrial) -> None:
+        """Record a trial as started (durable on return), before its process runs; a number already finished or
+        started is refused."""
+        number = _number("number", trial.number, integer=True)
+        if number < 0:
+            raise JournalError(f"trial number must be >= 0, got {number}")
+        row = (
+            number, _dumps("params", trial.params), _text("proposer", trial.proposer), _dumps("meta", trial.meta),
+            None if trial.llm_turn is None else _encode("llm_turn", trial.llm_turn),
+            _number("started_at", trial.started_at),
+        )  # fmt: skip
+        if trial.llm_turn is not None:
+            _llm_turn_row(number, trial.llm_turn)  # refuse now what append would refuse later
+        with self._lock:
+            conn = self._live(write=True)
+            try:
+                with self._transaction():
+                    if conn.execute("SELECT 1 FROM trials WHERE number = ?", (number,)).fetchone():
+                        raise JournalError(f"trial {number} is already finished in journal {self.path}")
+                    conn.execute(
+                        "INSERT INTO pending (number, params, proposer, meta, llm_turn, started_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", row,
+                    )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise JournalError(f"trial {number} is already pending in journal {self.path}") from None
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot start trial {number} in {self.path}: {e}") from None
+
+    def pending(self) -> list[PendingTrial]:
+        """Trials started and not finished (in flight, or interrupted by a crash), ordered by number."""
+        if self._version < 3:
+            return []
+        with self._lock:
+            conn = self._live()
+            try:
+                rows = conn.execute(
+                    "SELECT number, params, proposer, meta, llm_turn, started_at FROM pending ORDER BY number"
+                ).fetchall()
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+        return [
+            PendingTrial(r["number"], json.loads(r["params"]), r["proposer"], json.loads(r["meta"]),
+                         None if r["llm_turn"] is None else json.loads(r["llm_turn"]), r["started_at"])
+            for r in rows
+        ]  # fmt: skip
 
     def set_study_info(self, info: dict) -> None:
         """Store study-level metadata; the given keys are replaced, other keys kept."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxhpo.journal import STATUSES, Journal, JournalError, TrialRecord
+from jaxhpo.journal import STATUSES, Journal, JournalError, PendingTrial, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,10 +145,10 @@ def test_schema_and_pragmas(tmp_path):
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"trials", "study", "llm_turns"}
+        assert tables == {"trials", "study", "llm_turns", "pending"}
         with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint backs up the Python validation
             row = (0, "{}", "s", "m", "p", "weird", None, None, 1.0, None, None, 0.0, 1.0, 0, "{}", "{}")
             conn.execute(f"INSERT INTO trials VALUES ({', '.join('?' * len(row))})", row)
@@ -359,8 +359,29 @@ def test_version_1_journal_is_upgraded_in_place(tmp_path):
         conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         conn.execute("PRAGMA user_version=1")
     with Journal(path, readonly=True) as j:  # readers take an old journal as it is
-        assert j.trials() == [] and j.llm_turns() == []
+        assert j.trials() == [] and j.llm_turns() == [] and j.pending() == [] and j.next_number() == 0
     with Journal(path) as j:
+        j.start(PendingTrial(0, record(0).params, "default", {}, TURN, 1.0))
         j.append(record(0), llm_turn=TURN)
     with Journal(path, readonly=True) as j:
-        assert len(j.trials()) == 1 and len(j.llm_turns()) == 1
+        assert len(j.trials()) == 1 and len(j.llm_turns()) == 1 and j.pending() == []
+
+
+def test_pending_trials_are_kept_until_they_finish(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as j:
+        j.append(record(0))
+        started = [PendingTrial(n, record(n).params, "tpe", {"worker": n}, TURN if n == 2 else None, 5.0 + n)
+                   for n in (1, 2)]  # fmt: skip
+        for p in started:
+            j.start(p)
+        assert j.next_number() == 3  # pending numbers are taken
+        with pytest.raises(JournalError, match="trial 2 is already pending"):
+            j.start(started[1])
+        with pytest.raises(JournalError, match="trial 0 is already finished"):
+            j.start(PendingTrial(0, {}, "tpe"))
+        j.append(record(2), llm_turn=TURN)  # trial 2 finishes first
+    with Journal(path, readonly=True) as j:  # a crash here: trial 1 is what was in flight
+        assert j.pending() == [started[0]]
+        assert [t.number for t in j.trials()] == [0, 2] and j.next_number() == 3
+

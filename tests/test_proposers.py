@@ -157,6 +157,28 @@ def test_resume_by_replay_gives_the_same_proposals(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_parallel_asks_never_repeat_a_running_configuration(name):
+    """Three workers: each ask sees the configurations running; trials finish out of order."""
+    p = new_proposer(name, seed=2)
+    rng = np.random.default_rng(0)
+    history = [record(0, SPACE.default(), objective(SPACE.default()), "default")]
+    p.tell(history[0])
+    running: list = []
+    number = 1
+    while number < 40:
+        while len(running) < 3:
+            prop = p.ask(history, [q.params for q in running])
+            SPACE.check(prop.params)
+            assert prop.params not in [q.params for q in running], f"trial {number} repeats a running one"
+            assert prop.proposer in TAGS.get(name, {name})
+            running.append(prop)
+            number += 1
+        done = running.pop(int(rng.integers(len(running))))  # whichever finishes first
+        history.append(record(len(history), done.params, objective(done.params), done.proposer))
+        p.tell(history[-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_failures_and_foreign_trials_are_accepted(name):
     p = new_proposer(name, seed=0)
     rng = np.random.default_rng(0)
@@ -263,15 +285,39 @@ def test_cmaes_generations():
     prop = p.ask(history)
     assert prop.meta == {"generation": 1, "member": 0, "sigma": s["sigma"]}
     assert prop.params not in members
-    # several asks before a tell hand out distinct members; a tell (here a foreign trial) forgets them again,
-    # so the next ask is the first open member -- what a replayed proposer would ask
-    second, third = p.ask(history), p.ask(history)
+    # asks while members are running (a parallel study) skip the running ones; asking changes nothing
+    second = p.ask(history, [prop.params])
+    third = p.ask(history, [prop.params, second.params])
     assert second.meta["member"] == 1 and third.meta["member"] == 2
-    p.tell(record(len(history), SPACE.sample(np.random.default_rng(5)), 2.0, "llm"))
     assert p.ask(history).meta["member"] == 0
     # a member told back (even out of order) is consumed; the others stay open
-    p.tell(record(len(history) + 1, second.params, 1.5, "cmaes"))
-    assert [p.ask(history).meta["member"] for _ in range(3)] == [0, 2, 3]
+    p.tell(record(len(history), second.params, 1.5, "cmaes"))
+    running = []
+    for _ in range(3):
+        running.append(p.ask(history, [q.params for q in running]))
+    assert [q.meta["member"] for q in running] == [0, 2, 3]
+
+
+def test_cmaes_draws_extra_points_when_the_whole_generation_is_running():
+    p = CMAESProposer(SPACE, seed=0, population_size=4)
+    history = [record(0, SPACE.default(), 1.0, "default")]
+    p.tell(history[0])  # injected: generation 0 needs 3 more, and all 4 members are open
+    running = []
+    for _ in range(6):
+        running.append(p.ask(history, [q.params for q in running]))
+    assert [q.meta["member"] for q in running] == [0, 1, 2, 3, None, None]
+    extras = [q.params for q in running[4:]]
+    assert extras[0] != extras[1] and all(e not in [q.params for q in running[:4]] for e in extras)
+    assert p.ask(history, [q.params for q in running[:5]]).params == extras[1]  # seeded: the same draw again
+    # an extra point and two members finish: with the default, generation 0 is complete and updated
+    for i, q in enumerate([running[4], running[0], running[1]], start=1):
+        p.tell(record(i, q.params, objective(q.params), "cmaes"))
+    s = p.state_summary()
+    assert s["generation"] == 1 and s["told_in_generation"] == 0
+    # generation 0's members still running finish later: told to generation 1 as injected solutions
+    p.tell(record(4, running[2].params, objective(running[2].params), "cmaes"))
+    s = p.state_summary()
+    assert s["told_in_generation"] == 1 and s["injected_in_generation"] == 1
 
 
 def test_cmaes_population_size_option():

@@ -358,6 +358,15 @@ def _recent(history: Sequence[TrialRecord], space: Space, n: int, n_failures: in
     return text
 
 
+def _running(pending: Sequence[Mapping], space: Space) -> list[str]:
+    """The section listing the configurations still running (parallel studies), or nothing when none is."""
+    if not pending:
+        return []
+    rows = "\n".join(", ".join(fmt_value(p[n]) if n in p else "?" for n in space.names) for p in pending)
+    title = f"Running now ({len(pending)}; results not known yet, do not propose these again)"
+    return [_section(title, f"{', '.join(space.names)}\n{rows}")]
+
+
 def _failures_summary(history: Sequence[TrialRecord]) -> str:
     failed = [t for t in history if t.failed]
     if not failed:
@@ -415,10 +424,11 @@ def _messages(static: Sequence[str], dynamic: Sequence[str]) -> list[dict]:
 
 
 def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord | None = None,
-               n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS) -> list[dict]:  # fmt: skip
+               n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS,
+               pending: Sequence[Mapping] = ()) -> list[dict]:  # fmt: skip
     """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations (with
-    failure reasons), the best configuration so far, guidance, and the JSON-only instruction; at most
-    `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
+    failure reasons), the configurations still running (if any), the best configuration so far, guidance, and
+    the JSON-only instruction; at most `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
     best = best if best is not None else best_trial(history)
     if best is not None:
         best_text = f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}:\n{fmt_config(best.params, space)}"
@@ -440,6 +450,7 @@ def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord |
     def build(n: int) -> list[dict]:
         return _messages(static, [
             _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            *_running(pending, space),
             _section("Best configuration so far", best_text),
             _failures_summary(history) + " " + _reply_format(space),
         ])  # fmt: skip
@@ -493,15 +504,16 @@ def _mean_lines(space: Space, state: Mapping) -> str:
 
 
 def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord], suggestion: Mapping | None,
-                   n_recent: int = RECENT, n_top: int = TOP,
-                   max_tokens: int = MAX_PROMPT_TOKENS) -> list[dict]:  # fmt: skip
+                   n_recent: int = RECENT, n_top: int = TOP, max_tokens: int = MAX_PROMPT_TOKENS,
+                   pending: Sequence[Mapping] = ()) -> list[dict]:  # fmt: skip
     """The chat messages for one Centaur LLM turn.
 
     `state` is `CMAESProposer.state_summary()` (optionally with "sigma0", the initial step size); `suggestion` is
     the configuration CMA-ES would run next. The prompt holds the search space; CMA-ES's mean (decoded to
     parameter values and in unit coordinates, with each coordinate's standard deviation σ·sqrt(C_kk)), σ, the
     covariance matrix labelled by parameter, the suggestion; the top trials; the last evaluations with failure
-    reasons; the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens` estimated
+    reasons; the configurations still running (if any); the best configuration; guidance; and "Reply with JSON
+    only." -- at most `max_tokens` estimated
     tokens (fewer recent evaluations are shown if need be).
     """
     names = list(state.get("names") or space.names)
@@ -542,6 +554,7 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
             _section("CMA-ES state", cmaes),
             _section(f"Top {len(ok)} trials", top),
             _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            *_running(pending, space),
             _section("Best configuration so far", best_text),
             f"Now sigma = {sigma:.3f}, which is {_sigma_phase(sigma, sigma0)}. {_failures_summary(history)} "
             + _reply_format(space),

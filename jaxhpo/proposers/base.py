@@ -3,13 +3,18 @@
 A proposer's state is a function of the trials it was told about, in order: the study rebuilds it after a crash
 by telling it the journal's trials again. Failed trials are told too; each proposer decides what a failure
 teaches it (see `penalized_values`).
+
+Parallel studies ask while other trials are still running: `ask(history, pending)` gets their configurations,
+and must not hand one of them out again. What else a running trial means is the proposer's choice (TPE treats
+it as a poor result, CMA-ES as a member of its generation, the LLM is shown the list). `trial_index(history,
+pending)` is the number of the trial being asked for, the same whether or not the study ran in parallel.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -27,7 +32,7 @@ class Proposal:
 
 
 class Proposer(ABC):
-    """ask(history) -> Proposal; tell(trial). Subclasses set `name`; those that ask an LLM set `uses_llm`, take
+    """ask(history, pending) -> Proposal; tell(trial). Subclasses set `name`; those that ask an LLM set `uses_llm`, take
     an `llm` argument (an LLMClient or None) and read `self.llm` at every ask, so a study may also assign it."""
 
     name: str = "?"
@@ -37,11 +42,17 @@ class Proposer(ABC):
         self.space, self.seed = space, seed
 
     @abstractmethod
-    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
-        """The next configuration to evaluate, given every finished trial so far."""
+    def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
+        """The next configuration to evaluate, given every finished trial so far and the configurations of
+        the trials still running."""
 
     def tell(self, trial: TrialRecord) -> None:
         """Learn from a finished trial (whoever proposed it). Stateless proposers ignore it."""
+
+
+def trial_index(history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> int:
+    """The number of the trial being asked for: every finished and every running trial came before it."""
+    return len(history) + len(pending)
 
 
 def penalized_values(trials: Sequence[TrialRecord]) -> np.ndarray:

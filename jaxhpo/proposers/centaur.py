@@ -1,9 +1,9 @@
 """Centaur: CMA-ES with an LLM that, on some trials, sees CMA-ES's state and may replace its proposal.
 
 Protocol (the study's, DESIGN.md §5). CMA-ES (`CMAESProposer`) is asked on every trial and told every finished
-trial, whoever proposed it. Trial t (= the number of finished trials; trial 0 is the default and never asked) is
-an *LLM turn* iff `is_llm_turn(t, warmup, ratio)`: t >= warmup and (t - warmup) is a multiple of
-round(1 / ratio). With the defaults (warmup 10, ratio 0.3, round(3.33) = 3) that is trials 10, 13, 16, ...: a
+trial, whoever proposed it. Trial t (its number: the finished plus the running trials; trial 0 is the default
+and never asked) is an *LLM turn* iff `is_llm_turn(t, warmup, ratio)`: t >= warmup and (t - warmup) is a
+multiple of round(1 / ratio). With the defaults (warmup 10, ratio 0.3, round(3.33) = 3) that is trials 10, 13, 16, ...: a
 share 1/round(1/ratio) ≈ ratio of the trials after the warm-up.
 
 On an LLM turn the prompt (`jaxhpo.llm.prompt.centaur_prompt`) holds the search space, CMA-ES's mean (decoded and
@@ -29,11 +29,11 @@ CMA-ES's suggestion.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.prompt import centaur_prompt
-from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import FALLBACK, llm_turn, prompt_budget
 from jaxhpo.space import Space
@@ -72,14 +72,13 @@ class CentaurProposer(Proposer):
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
         self.cmaes = CMAESProposer(space, seed, population_size=population_size, sigma0=sigma0)
 
-    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
-        t = len(history)
-        state = self.cmaes.state_summary()  # before ask: its next_suggestion is what ask hands out now
-        suggestion = self.cmaes.ask(history)
-        if not is_llm_turn(t, self.warmup, self.ratio):
+    def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
+        suggestion = self.cmaes.ask(history, pending)
+        if not is_llm_turn(trial_index(history, pending), self.warmup, self.ratio):
             return Proposal(suggestion.params, "cmaes", suggestion.meta)
-        state["sigma0"] = self.cmaes.sigma0
-        messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm))
+        state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
+        messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm),
+                                  pending=pending)  # fmt: skip
         params, turn = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, "CMA-ES's suggestion")
         meta = dict(suggestion.meta, llm_turn=turn)
         if params is None:

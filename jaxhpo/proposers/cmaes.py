@@ -8,10 +8,16 @@ updated. `ask` hands out its members in order, one per call; `tell` files each f
 once `population_size` trials have been told, evosax's `tell` updates mean, step size and covariance on them and the
 next generation is sampled. Members not handed out by then are dropped.
 
-Replay. `ask` changes nothing that survives the next `tell` (it only remembers, for a caller that asks several times
-before telling, which members it already handed out), so the state is a function of the told trials in order: a
-fresh proposer with the same seed that is told the journal again is in exactly the state of the run that wrote it,
-and asks the same next point.
+Parallel studies (a generation in flight). `ask(history, pending)` skips the open members that are running now
+(their configurations are in `pending`). When every open member is running -- more workers than members left --
+it draws an extra point from the current distribution, N(m, sigma^2 C), seeded by (seed, generation, number of
+running trials); told back, an extra point is an injected solution (below). A member still running when its
+generation is updated is told later to the next generation, injected too. So workers never wait for a generation
+to finish, and never run the same member twice.
+
+Replay. `ask` changes nothing: the state is a function of the told trials in order, so a fresh proposer with the
+same seed that is told the journal again is in exactly the state of the run that wrote it, and asks the same next
+point.
 
 Trials it did not propose. A told trial whose params equal a member still open in the current generation is that
 member. Any other trial -- the default trial 0, an LLM's configuration in Centaur, a member of an old generation --
@@ -43,7 +49,7 @@ seconds on CPU); after that ask and tell take microseconds. The arrays are tiny:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,16 +118,15 @@ class CMAESProposer(Proposer):
 
     # -- the ask/tell protocol -------------------------------------------------------------------------------
 
-    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
-        """The next open member of the current generation (history is not needed: the state comes from tell)."""
-        j = self._next_member()
-        self._handed.add(j)
-        meta = {"generation": self._generation, "member": j, "sigma": float(self._state.std)}
-        return Proposal(dict(self._decoded[j]), self.name, meta)
+    def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
+        """The first open member of the current generation that is not running (history is not needed: the state
+        comes from tell), or an extra draw from the distribution when every open member is running."""
+        params, member = self._suggest(pending)
+        meta = {"generation": self._generation, "member": member, "sigma": float(self._state.std)}
+        return Proposal(params, self.name, meta)
 
     def tell(self, trial: TrialRecord) -> None:
         self._told.append(trial)
-        self._handed.clear()  # asks only matter until the next tell: replay must not depend on them
         j = next((j for j in range(self.population_size)
                   if not self._used[j] and self._decoded[j] == trial.params), None)  # fmt: skip
         if j is not None and np.all((self._population[j] >= 0) & (self._population[j] <= 1)):
@@ -140,18 +145,17 @@ class CMAESProposer(Proposer):
 
     # -- read-only state for a hybrid (Centaur) ----------------------------------------------------------------
 
-    def state_summary(self) -> dict[str, Any]:
+    def state_summary(self, pending: Sequence[Mapping] = ()) -> dict[str, Any]:
         """Where the search stands: the unit-cube mean per parameter, the step size sigma, the covariance
         matrix C (sampling covariance is sigma^2 C; rows and columns in the order of `names`), the decoded next
-        member `ask` would hand out (or None), the generation number and how much of it has been told."""
+        configuration `ask(history, pending)` hands out, the generation number and how much of it has been told."""
         C = np.asarray(self._state.C, dtype=float)
-        j = self._next_member()
         return {
             "names": list(self.space.names),
             "mean": {n: float(v) for n, v in zip(self.space.names, self._mean)},
             "sigma": float(self._sigma),
             "covariance": C.tolist(),
-            "next_suggestion": dict(self._decoded[j]) if j is not None else None,
+            "next_suggestion": self._suggest(pending)[0],
             "generation": self._generation,
             "population_size": self.population_size,
             "told_in_generation": len(self._solutions),
@@ -175,15 +179,20 @@ class CMAESProposer(Proposer):
         self._population = np.asarray(population, dtype=float)
         self._decoded = [self.space.from_unit(x) for x in self._population]
         self._used = [False] * self.population_size
-        self._handed: set[int] = set()
         B, D = np.asarray(self._state.B, dtype=float), np.asarray(self._state.D, dtype=float)
+        self._sqrt_C = (B * D) @ B.T
         self._inv_sqrt_C = (B / D) @ B.T
 
-    def _next_member(self) -> int | None:
-        open_ = [j for j in range(self.population_size) if not self._used[j]]
-        fresh = [j for j in open_ if j not in self._handed]
-        # More asks than open members before any tell (a parallel caller): hand the open ones out again.
-        return fresh[0] if fresh else (open_[len(self._handed) % len(open_)] if open_ else None)
+    def _suggest(self, pending: Sequence[Mapping]) -> tuple[dict, int | None]:
+        """(configuration, member index) of the next proposal: the first open member not running, else an extra
+        draw from N(m, sigma^2 C) (member None)."""
+        running = [dict(p) for p in pending]
+        for j in range(self.population_size):
+            if not self._used[j] and self._decoded[j] not in running:
+                return dict(self._decoded[j]), j
+        rng = np.random.default_rng([self.seed, self._generation, len(running)])
+        x = self._mean + self._sigma * self._sqrt_C @ rng.standard_normal(self.space.dim)
+        return self.space.from_unit(np.clip(x, 0.0, 1.0)), None
 
     def _unit(self, params: dict) -> np.ndarray:
         try:

@@ -13,6 +13,9 @@ repairs (one line per change made to the reply), fallback (the reason, or None),
 study waited for the LLM: every attempt and back-off included, whether it succeeded or not), prompt_tokens,
 completion_tokens, model, attempts.
 
+In a parallel study the prompt also lists the configurations still running, so the LLM does not propose them
+again.
+
 Replay: the proposer keeps no state (tell is ignored); a resumed study asks the LLM afresh for the next trial.
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.client import LLMError, one_line
 from jaxhpo.llm.prompt import MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply
-from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.space import Space
 
 FALLBACK = "llm→fallback"
@@ -90,13 +93,13 @@ class LLMProposer(Proposer):
         super().__init__(space, seed)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
 
-    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+    def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         best = best_trial(history)
-        messages = llm_prompt(self.space, history, best, max_tokens=prompt_budget(self.llm))
+        messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm))
         fallback, label = (best.params, "the best configuration") if best else (None, None)
         params, turn = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
         if params is not None:
             return Proposal(params, self.name, {"llm_turn": turn})
-        # RandomProposer's draw for this trial: seeded by (seed, trial count), so replay-stable
-        rng = np.random.default_rng([self.seed, len(history)])
+        # RandomProposer's draw for this trial: seeded by (seed, trial number), so replay-stable
+        rng = np.random.default_rng([self.seed, trial_index(history, pending)])
         return Proposal(self.space.sample(rng), FALLBACK, {"llm_turn": turn})

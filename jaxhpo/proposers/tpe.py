@@ -20,6 +20,13 @@ Startup. The first `n_startup_trials` proposals (counting every trial in the his
 hyperopt's own uniform random draws (`hyperopt.rand.suggest`); after that TPE proper, with hyperopt's defaults for
 the rest unless overridden (gamma 0.25, 24 EI candidates, prior weight 1, linear forgetting after 25).
 
+Pending trials (a parallel study). A "constant liar": each running configuration enters the Trials as if it had
+finished with the worst loss seen so far, so it lands in the "bad" density and the next proposal moves away from
+it instead of repeating it -- several workers asking at once spread out rather than pile onto the current
+optimum of the acquisition. The lie is the worst value rather than the mean because a running trial must not
+pull proposals towards itself (Optuna's `constant_liar` makes the same choice). The seed is the trial number
+(finished + running), so a study without pending trials asks exactly as before.
+
 Failures. Every finished trial goes in with hyperopt status "ok" and its `penalized_values` loss: an `oom` (or any
 other failure) counts as just worse than the worst success. TPE only uses the loss to split trials into the best
 ceil(gamma * sqrt(n)) ("good" density) and the rest ("bad" density), so a failure always lands in the bad one,
@@ -31,14 +38,14 @@ is arbitrary (deterministic, so replay still matches).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from hyperopt import Trials, hp, tpe
 from hyperopt.base import JOB_STATE_DONE, STATUS_OK, Domain
 
 from jaxhpo.journal import TrialRecord
-from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
+from jaxhpo.proposers.base import Proposal, Proposer, penalized_values, trial_index
 from jaxhpo.space import Space, SpaceError
 
 # hyperopt logs a line per suggest at INFO; the study has its own progress output.
@@ -76,10 +83,10 @@ class TPEProposer(Proposer):
         }  # fmt: skip
         self._domain = Domain(lambda _: 0.0, expr)
 
-    def ask(self, history: Sequence[TrialRecord]) -> Proposal:
+    def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         n = len(history)
-        trials = self._trials(history)
-        seed = int(np.random.default_rng([self.seed, n]).integers(2**31 - 1))
+        trials = self._trials(history, pending)
+        seed = int(np.random.default_rng([self.seed, trial_index(history, pending)]).integers(2**31 - 1))
         (doc,) = tpe.suggest(
             trials.new_trial_ids(1), self._domain, trials, seed,
             prior_weight=self.prior_weight, n_startup_jobs=self.n_startup_trials,
@@ -90,14 +97,17 @@ class TPEProposer(Proposer):
         phase = "startup" if n < self.n_startup_trials else "tpe"
         return Proposal(self.space.from_unit(unit), self.name, {"phase": phase})
 
-    def _trials(self, history: Sequence[TrialRecord]) -> Trials:
-        """A hyperopt Trials holding every finished trial as a completed job with its penalized loss."""
+    def _trials(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> Trials:
+        """A hyperopt Trials holding every finished trial as a completed job with its penalized loss, and every
+        pending one with the worst of those losses (the constant liar)."""
         trials = Trials()
-        losses = penalized_values(history)
-        tids = trials.new_trial_ids(len(history))
+        losses = list(penalized_values(history))
+        losses += [max(losses, default=0.0)] * len(pending)
+        configs = [t.params for t in history] + [dict(p) for p in pending]
+        tids = trials.new_trial_ids(len(configs))
         specs, results, miscs = [], [], []
-        for tid, record, loss in zip(tids, history, losses):
-            vals = self._vals(record.params)
+        for tid, params, loss in zip(tids, configs, losses):
+            vals = self._vals(params)
             specs.append(None)
             results.append({"status": STATUS_OK, "loss": float(loss)})
             miscs.append({
