@@ -51,14 +51,10 @@ def best_so_far(trials: Sequence[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path) -> None:
-    """Best-so-far val_bpb against cumulative trial time; one curve per method (mean ± std over its studies),
+    """Best-so-far val_bpb against cumulative trial time; one curve per method (mean ± sample std over its studies),
     each trial marked for single-study methods: dots for successes, stars for LLM-proposed successes, red
     crosses for failures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for method, runs in studies.items():
         curves = [best_so_far(r) for r in runs if r]
@@ -70,7 +66,7 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
         ys = np.array([_step_at(grid, x, y) for x, y in curves])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no success yet at that time
-            mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
+            mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0, ddof=1)  # the report's table uses ddof 1
         (line,) = ax.plot(grid, mean, drawstyle="steps-post", label=f"{method} (n={len(curves)})")
         if len(curves) > 1:
             ax.fill_between(grid, mean - std, mean + std, step="post", alpha=0.2, color=line.get_color())
@@ -93,6 +89,15 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib  # imported late: a study that never plots should not pay for it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _step_at(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
