@@ -1,15 +1,26 @@
-"""What a study found: the summary numbers and the convergence figure."""
+"""What studies found: one study's summary and convergence figure, and `python -m jaxhpo.report PATH`, which compares
+every study under PATH (a study folder or a multirun folder) in report.md, report.csv, convergence.png and
+failures.png."""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import yaml
 
-from jaxhpo.journal import STATUSES, TrialRecord
+from jaxhpo.journal import STATUSES, Journal, JournalError, TrialRecord
+
+JOURNAL_FILE = "journal.sqlite"  # as jaxhpo.study names it; not imported, to keep the report free of JAX
 
 
 def summarize(
@@ -103,3 +114,406 @@ def _pyplot():
 def _step_at(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     idx = np.searchsorted(x, grid, side="right") - 1
     return np.where(idx >= 0, y[np.clip(idx, 0, len(y) - 1)], np.nan)
+
+
+# ---- Comparing studies: `python -m jaxhpo.report PATH` ----
+
+DASH = "–"
+CSV_COLUMNS = (
+    "method", "space_name", "space_id", "studies", "studies_with_success", "best_val_bpb_mean", "best_val_bpb_std",
+    "best_val_bpb_min", "failed_pct", "oom_pct", "trials", "llm_turns", "llm_fallback_pct", "trial_seconds_mean",
+    "budget_s", "budget_used_pct",
+)  # fmt: skip
+
+
+class ReportError(ValueError):
+    """Nothing to report on; the message is one line that says how to fix it."""
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One study as read from its journal."""
+
+    path: Path  # the study folder
+    method: str
+    space_id: str
+    space_name: str
+    seed: int | None
+    budget_s: float | None  # None: no budget, or not recorded
+    trials: list[TrialRecord]
+    llm_turns: list[dict]
+    unfinished: int  # trials started and not finished: running now, or cut off by a crash
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The best successful trial (the first of equals, as in summary.json), None without a success."""
+        ok = [t for t in self.trials if not t.failed]
+        return min(ok, key=lambda t: t.val_bpb) if ok else None
+
+    @property
+    def trial_seconds(self) -> float:
+        """Summed trial wall time: what the study's budget is charged."""
+        return sum(t.wall_seconds for t in self.trials)
+
+
+def _hydra_budget(folder: Path) -> float | None:
+    # Journals written before study info held budget_s: Hydra's saved config of the run still knows it.
+    try:
+        budget = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["study"]["budget_s"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
+
+
+def load_study(journal_path: Path) -> StudyRun:
+    """Read one study from its journal (read-only: a running study keeps writing); raises JournalError."""
+    with Journal(journal_path, readonly=True) as journal:
+        info, trials, turns = journal.study_info(), journal.trials(), journal.llm_turns()
+        unfinished = len(journal.pending())
+    first = trials[0] if trials else None
+    folder = journal_path.parent
+    return StudyRun(
+        path=folder,
+        method=info.get("method") or (first.method if first else "unknown"),
+        space_id=info.get("space_id") or (first.space_id if first else "unknown"),
+        space_name=info.get("space_name") or "",
+        seed=info.get("seed"),
+        # A recorded null means "no budget"; only a missing key sends us to the Hydra config.
+        budget_s=info["budget_s"] if "budget_s" in info else _hydra_budget(folder),
+        trials=trials,
+        llm_turns=turns,
+        unfinished=unfinished,
+    )
+
+
+def load_studies(root: Path) -> tuple[list[StudyRun], list[str]]:
+    """Every study under `root` (found by their journal files, at any depth), and one line per journal skipped
+    because it cannot be read; raises ReportError when there is nothing to report."""
+    if not root.exists():
+        raise ReportError(
+            f"{root} does not exist; give a study folder (one holding {JOURNAL_FILE}) or a folder of studies, "
+            "e.g. multirun/<date>"
+        )
+    paths = sorted(root.rglob(JOURNAL_FILE))
+    if not paths:
+        raise ReportError(
+            f"no {JOURNAL_FILE} under {root}; give a study's run folder (e.g. outputs/<method>/<date>) or a "
+            "multirun folder holding studies"
+        )
+    studies, skipped = [], []
+    for path in paths:
+        try:
+            studies.append(load_study(path))
+        except (JournalError, json.JSONDecodeError) as e:  # JSONDecodeError: a damaged JSON column
+            skipped.append(f"skipped {path}: {e}")
+    if not studies:
+        raise ReportError(f"none of the {len(paths)} journals under {root} can be read: {skipped[0]}")
+    return studies, skipped
+
+
+def group_studies(studies: Sequence[StudyRun]) -> dict[tuple[str, str], list[StudyRun]]:
+    """Studies by (method, space_id): seeds of the same method on the same space are compared as one row."""
+    groups: dict[tuple[str, str], list[StudyRun]] = {}
+    for study in studies:
+        groups.setdefault((study.method, study.space_id), []).append(study)
+    return groups
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return 100 * part / whole if whole else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _improvers(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials that lowered their study's best-so-far val_bpb (the first success included)."""
+    best, out = np.inf, []
+    for t in trials:
+        if not t.failed and t.val_bpb < best:
+            best = t.val_bpb
+            out.append(t)
+    return out
+
+
+def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
+    """One row per method (and space), plain numbers (None where undefined), best mean first (within each space:
+    bests on different spaces do not compare)."""
+    spaces = list(dict.fromkeys(s.space_id for s in studies))
+    rows = []
+    for (method, space_id), runs in group_studies(studies).items():
+        trials = [t for r in runs for t in r.trials]
+        turns = [turn for r in runs for turn in r.llm_turns]
+        bests = [r.best.val_bpb for r in runs if r.best]
+        budgeted = [r for r in runs if r.budget_s]
+        rows.append({
+            "method": method,
+            "space_name": runs[0].space_name,
+            "space_id": space_id,
+            "studies": len(runs),
+            "studies_with_success": len(bests),
+            "best_val_bpb_mean": _mean(bests),
+            "best_val_bpb_std": float(np.std(bests, ddof=1)) if len(bests) > 1 else None,
+            "best_val_bpb_min": min(bests, default=None),
+            "failed_pct": _pct(sum(t.failed for t in trials), len(trials)),
+            "oom_pct": _pct(sum(t.status == "oom" for t in trials), len(trials)),
+            "trials": len(trials),
+            "llm_turns": len(turns),
+            "llm_fallback_pct": _pct(sum(bool(turn["fallback"]) for turn in turns), len(turns)),
+            "trial_seconds_mean": _mean([r.trial_seconds for r in runs]),
+            "budget_s": _mean([r.budget_s for r in budgeted]),
+            "budget_used_pct": _mean([100 * r.trial_seconds / r.budget_s for r in budgeted]),
+        })  # fmt: skip
+    best = "best_val_bpb_mean"
+    return sorted(rows, key=lambda r: (spaces.index(r["space_id"]), r[best] is None, r[best] or 0.0, r["method"]))
+
+
+def proposer_rows(studies: Sequence[StudyRun]) -> list[dict]:
+    """Per method (in method_rows order), one row per proposer, in order of first use: what each proposed, how it
+    fared, how often it improved its study's best-so-far and in how many studies it proposed the best trial."""
+    groups = group_studies(studies)
+    rows = []
+    for m in method_rows(studies):
+        runs = groups[(m["method"], m["space_id"])]
+        improved = Counter(t.proposer for r in runs for t in _improvers(r.trials))
+        won = Counter(r.best.proposer for r in runs if r.best)
+        by_proposer: dict[str, list[TrialRecord]] = {}
+        for t in (t for r in runs for t in r.trials):
+            by_proposer.setdefault(t.proposer, []).append(t)
+        for proposer, trials in by_proposer.items():
+            ok = [t.val_bpb for t in trials if not t.failed]
+            rows.append({
+                "method": m["method"], "space_name": m["space_name"], "space_id": m["space_id"], "proposer": proposer,
+                "trials": len(trials), "ok": len(ok),
+                "failed_pct": _pct(len(trials) - len(ok), len(trials)),
+                "oom_pct": _pct(sum(t.status == "oom" for t in trials), len(trials)),
+                "best_val_bpb": min(ok, default=None), "improvements": improved[proposer],
+                "studies_won": won[proposer], "studies": len(runs),
+            })  # fmt: skip
+    return rows
+
+
+def space_rows(studies: Sequence[StudyRun]) -> list[dict]:
+    """One row per search space: its studies, methods, trials and the best trial found on it."""
+    spaces: dict[str, list[StudyRun]] = {}
+    for study in studies:
+        spaces.setdefault(study.space_id, []).append(study)
+    rows = []
+    for space_id, runs in spaces.items():
+        winner = min((r for r in runs if r.best), key=lambda r: r.best.val_bpb, default=None)
+        rows.append({
+            "space_name": runs[0].space_name, "space_id": space_id, "studies": len(runs),
+            "methods": sorted({r.method for r in runs}), "trials": sum(len(r.trials) for r in runs),
+            "best_val_bpb": winner.best.val_bpb if winner else None,
+            "best_method": winner.method if winner else None, "best_seed": winner.seed if winner else None,
+        })  # fmt: skip
+    return rows
+
+
+def _num(value: float | None, spec: str) -> str:
+    return DASH if value is None else format(value, spec)
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table padded to aligned columns, so it also reads well on a terminal."""
+    widths = [max(len(c) for c in column) for column in zip(header, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _labels(rows: Sequence[dict], many_spaces: bool) -> list[str]:
+    return [f"{r['method']} [{r['space_name'] or r['space_id']}]" if many_spaces else r["method"] for r in rows]
+
+
+def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
+    """The method table as Markdown; counts and percentages are over all of a method's trials."""
+    header = ["method", "studies", "best val_bpb (mean ± std)", "failed %", "OOM %", "trials (total)",
+              "LLM turns (total)", "LLM fallback %", "budget used / study (mean)"]  # fmt: skip
+    body = []
+    for label, r in zip(_labels(rows, many_spaces), rows):
+        without = r["studies"] - r["studies_with_success"]
+        used = _duration(r["trial_seconds_mean"])
+        if r["budget_used_pct"] is not None:
+            used += f" ({r['budget_used_pct']:.0f} % of {_duration(r['budget_s'])})"
+        body.append([
+            label,
+            f"{r['studies']}" + (f" ({without} without a success)" if without else ""),
+            f"{_num(r['best_val_bpb_mean'], '.4f')} ± {_num(r['best_val_bpb_std'], '.4f')}"
+            if r["best_val_bpb_mean"] is not None else DASH,
+            _num(r["failed_pct"], ".1f"), _num(r["oom_pct"], ".1f"), str(r["trials"]),
+            str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"), used,
+        ])  # fmt: skip
+    return markdown_table(header, body)
+
+
+def proposer_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
+    """The proposer table as Markdown."""
+    header = ["method", "proposer", "trials", "ok", "failed %", "OOM %", "best val_bpb", "improvements",
+              "studies where it proposed the best"]  # fmt: skip
+    body = [
+        [label, r["proposer"], str(r["trials"]), str(r["ok"]), _num(r["failed_pct"], ".1f"), _num(r["oom_pct"], ".1f"),
+         _num(r["best_val_bpb"], ".4f"), str(r["improvements"]), f"{r['studies_won']}/{r['studies']}"]
+        for label, r in zip(_labels(rows, many_spaces), rows)
+    ]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def space_markdown(rows: Sequence[dict]) -> str:
+    """The search-space table as Markdown."""
+    header = ["space", "space_id", "studies", "methods", "trials", "best val_bpb", "best by"]
+    body = [
+        [r["space_name"] or DASH, r["space_id"], str(r["studies"]), ", ".join(r["methods"]), str(r["trials"]),
+         _num(r["best_val_bpb"], ".4f"), f"{r['best_method']}, seed {r['best_seed']}" if r["best_method"] else DASH]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
+    """Every study found, one row each, including those with no finished trial yet; trials started and not
+    finished are counted apart (a running study, or one stopped mid-trial)."""
+    header = ["study", "method", "seed", "trials", "ok", "best val_bpb", "best trial (proposer)", "trial time"]
+    body = []
+    for s in studies:
+        best = s.best
+        body.append([
+            str(s.path.relative_to(root)), s.method, DASH if s.seed is None else str(s.seed),
+            f"{len(s.trials)}" + (f" (+{s.unfinished} unfinished)" if s.unfinished else ""),
+            str(sum(not t.failed for t in s.trials)), _num(best.val_bpb if best else None, ".4f"),
+            f"{best.number} ({best.proposer})" if best else DASH, _duration(s.trial_seconds),
+        ])  # fmt: skip
+    return markdown_table(header, body)
+
+
+def plot_failures(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path) -> None:
+    """Per method: the share of its trials that failed, stacked as OOM and other failures (diverged, timeout,
+    crashed); each study's own failed % (dot) and OOM % (cross) show the spread over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(studies) + 2), 4.2), dpi=120)
+    for i, runs in enumerate(studies.values()):
+        trials = [t for r in runs for t in r]
+        oom = _pct(sum(t.status == "oom" for t in trials), len(trials)) or 0.0
+        failed = _pct(sum(t.failed for t in trials), len(trials)) or 0.0
+        first = i == 0  # label each artist kind once, so the legend has one entry per kind
+        ax.bar(i, oom, color="tab:red", width=0.6, label="OOM" if first else None)
+        ax.bar(i, failed - oom, bottom=oom, color="tab:orange", width=0.6,
+               label="other failures" if first else None)  # fmt: skip
+        seeds = [r for r in runs if r]
+        xs = i + (np.linspace(-0.18, 0.18, len(seeds)) if len(seeds) > 1 else np.zeros(len(seeds)))
+        ax.scatter(xs, [100 * sum(t.failed for t in r) / len(r) for r in seeds], s=16, color="black", zorder=3,
+                   label="one study: failed %" if first else None)  # fmt: skip
+        ax.scatter(xs, [100 * sum(t.status == "oom" for t in r) / len(r) for r in seeds], s=22, marker="x",
+                   color="darkred", zorder=3, label="one study: OOM %" if first else None)  # fmt: skip
+    ax.set_xticks(range(len(studies)), list(studies), rotation=20 if len(studies) > 4 else 0)
+    ax.set_xlim(-0.8, len(studies) - 0.2)  # bars keep their width when there are only one or two methods
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("failed trials (%)")
+    ax.grid(axis="y", alpha=0.3)
+    if studies:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """report.csv: the method rows, plain numbers (6 significant digits), empty cells where undefined."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(["" if r[c] is None else f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]
+                             for c in CSV_COLUMNS])  # fmt: skip
+
+
+NOTES = f"""\
+failed % counts every trial that did not finish ok (oom, diverged, timeout, crashed), as the original study's
+table did; OOM % counts status oom alone. Percentages and totals pool all trials of a method's studies; best
+val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success ({DASH}: fewer
+than two). LLM fallback %: the share of LLM turns whose reply was not used. Budget used: summed trial wall time
+per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded."""
+
+PROPOSER_NOTES = """\
+improvements: trials that lowered their study's best-so-far val_bpb (a study's first success included)."""
+
+
+def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Sequence[str] = ()) -> str:
+    """Write report.md, report.csv, convergence.png and failures.png into `out`; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = method_rows(studies)
+    many_spaces = len({s.space_id for s in studies}) > 1
+    write_csv(rows, out / "report.csv")
+    groups = group_studies(studies)
+    trials_by_label = {
+        label: [s.trials for s in groups[(r["method"], r["space_id"])]]
+        for label, r in zip(_labels(rows, many_spaces), rows)
+    }
+    n_trials = sum(len(s.trials) for s in studies)
+    parts = [
+        "# Study comparison",
+        f"{_plural(len(studies), 'study', 'studies')} under `{root}`, {_plural(n_trials, 'finished trial')}.",
+        *(f"- {line}" for line in skipped),
+        "## Methods",
+        method_markdown(rows, many_spaces),
+        NOTES,
+        "## Proposers",
+        proposer_markdown(proposer_rows(studies), many_spaces),
+        PROPOSER_NOTES,
+        "## Search spaces",
+        space_markdown(space_rows(studies)),
+        "## Studies",
+        studies_markdown(studies, root),
+    ]
+    # Plots need a finished trial: an all-empty report gets no figures rather than empty axes.
+    if n_trials:
+        plot_convergence(trials_by_label, out / "convergence.png")
+        plot_failures(trials_by_label, out / "failures.png")
+        parts += ["## Figures", "![best val_bpb so far against trial time](convergence.png)",
+                  "![failed trials per method](failures.png)"]  # fmt: skip
+    markdown = "\n\n".join(parts) + "\n"
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    return markdown
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m jaxhpo.report PATH [--out DIR]`: print the comparison and write its files; 2 on a usage error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxhpo.report",
+        description="Compare the studies under PATH: report.md (also printed), report.csv, convergence.png and "
+        "failures.png.",
+    )
+    parser.add_argument("path", type=Path, metavar="PATH", help="a study folder, or a folder of studies (multirun)")
+    parser.add_argument("--out", type=Path, help="where to write the report files (default: PATH)")
+    args = parser.parse_args(argv)
+    try:
+        studies, skipped = load_studies(args.path)
+        for line in skipped:
+            print(f"warning: {line}", file=sys.stderr)
+        out = args.out or args.path
+        markdown = write_report(studies, args.path, out, skipped)
+    except (ReportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown, end="")
+    print(f"wrote report.md, report.csv and figures to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
