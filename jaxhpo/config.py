@@ -26,10 +26,12 @@ class MethodConfig:
 
 @dataclass
 class StudySettings:
-    """When a study stops: after max_trials trials or once the summed trial wall time reaches budget_s."""
+    """When a study stops (after max_trials trials or once the summed trial wall time reaches budget_s), and
+    how many trials run at once."""
 
     max_trials: int = 20
     budget_s: Optional[float] = 900.0  # summed trial wall time, the original study's rule; None = no limit
+    workers: int = 1  # trials running at once, each on its own GPU or share of the CPU cores (jaxhpo.workers)
 
 
 @dataclass

@@ -1,9 +1,16 @@
 """The study loop: ask a proposer, run the trial in isolation, journal it, tell the proposer; resume on rerun.
 
-Trial 0 is the space's default configuration. The loop stops after `study.max_trials` trials or once the summed
-trial wall time reaches `study.budget_s` (the original study's rule). The journal in the run folder is the source
-of truth: running the same study in the same folder again reads the finished trials back, rebuilds the proposer
-by telling it those trials in order, and continues the numbering.
+Trial 0 is the space's default configuration. No trial starts once `study.max_trials` trials have started or the
+summed wall time of the finished ones reaches `study.budget_s` (the original study's rule). With
+`study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is asked whenever a worker is free,
+with the configurations still running, and told each trial as it finishes. Only this process writes the journal.
+
+The journal in the run folder is the source of truth: a trial is recorded as pending before it starts and as
+finished when it ends. Running the same study in the same folder again reads the finished trials back, rebuilds
+the proposer by telling it those trials in order, runs the trials that were still pending (interrupted) again
+under their numbers and configurations, and continues the numbering. With one worker a resumed study proposes
+exactly what the uninterrupted one would have; with several, trials finish in an order timing decides, so the
+order they are told in -- and the proposals after it -- can differ.
 """
 
 from __future__ import annotations
@@ -16,13 +23,14 @@ from pathlib import Path
 from rich.console import Console
 
 from jaxhpo.config import StudyConfig
-from jaxhpo.journal import Journal, TrialRecord
+from jaxhpo.journal import Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
-from jaxhpo.trial import check_space_keys, refused, run_trial, trial_config
+from jaxhpo.trial import Outcome, check_space_keys, refused, trial_config
+from jaxhpo.workers import WorkerPool
 from model.config import TrainConfig
 from model.data import load_corpus
 
@@ -44,6 +52,7 @@ def validate_study(cfg: StudyConfig) -> None:
          cfg.trial.memory_limit_gb, "must be > 0, or null for no limit"),
         (cfg.trial.timeout_s is None or cfg.trial.timeout_s > 0, "trial.timeout_s", cfg.trial.timeout_s,
          "must be > 0 seconds, or null for automatic"),
+        (cfg.study.workers >= 1, "study.workers", cfg.study.workers, "must be at least 1"),
     ]
     for ok, key, value, why in checks:
         if not ok:
@@ -67,22 +76,24 @@ class Study:
     def run(self) -> dict:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with Journal(self.run_dir / JOURNAL_FILE) as journal, self._llm() as llm_startup_s:
+        with (
+            WorkerPool(self.cfg.study.workers, self.cfg.trial, self.run_dir) as pool,
+            Journal(self.run_dir / JOURNAL_FILE) as journal,
+            self._llm() as llm_startup_s,
+        ):
             self._check_same_study(journal)
             history = journal.trials()
             for trial in history:
                 self.proposer.tell(trial)
-            if history:
-                self.console.print(f"resuming: {len(history)} finished trials read from {journal.path}")
+            interrupted = journal.pending()
+            if history or interrupted:
+                self.console.print(
+                    f"resuming: {len(history)} finished trials read from {journal.path}"
+                    + (f"; running the {len(interrupted)} interrupted again" if interrupted else "")
+                )
             # Tokenizer and token shards are built once here, not inside the first trial's time.
             load_corpus(self.cfg.data, self.cfg.model.vocab_size)
-            while not self._done(history):
-                record, llm_turn = self._run_one(journal.next_number(), history)
-                journal.append(record, llm_turn=llm_turn)
-                journal.export_csv(self.run_dir / "trials.csv")
-                self.proposer.tell(record)
-                history.append(record)
-                self._show(record, history, llm_turn)
+            self._loop(pool, journal, history, interrupted)
             turns = journal.llm_turns()
         summary = summarize(history, method=self.method, space_id=self.space.space_id, seed=self.cfg.seed,
                             budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s)
@@ -117,34 +128,81 @@ class Study:
             )
         if not stored:
             journal.set_study_info({**info, "space": self.space.definition(), "space_name": self.space.name})
+        # What may change on resume (a larger budget, more workers) is recorded as of the latest run.
+        study = self.cfg.study
+        journal.set_study_info({"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers})
 
-    def _done(self, history: list[TrialRecord]) -> bool:
+    def _loop(self, pool: WorkerPool, journal: Journal, history: list[TrialRecord],
+              interrupted: list[PendingTrial]) -> None:  # fmt: skip
+        """Keep every free worker busy until no more trials may start, then wait for the running ones."""
+        running: dict[int, PendingTrial] = {}
+        rerun = {p.number for p in interrupted}  # already journaled as pending
+        with self.console.status("") as status:
+            while True:
+                while pool.free and (interrupted or not self._done(history, running)):
+                    if interrupted:
+                        trial = interrupted.pop(0)
+                    else:
+                        number = journal.next_number()
+                        status.update(self._running_text(running, f"asking {self.method} for trial {number}"))
+                        trial = self._ask(number, history, running)
+                    try:
+                        train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.cfg.trial)
+                    except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: never run
+                        self._finish(journal, trial, refused(str(e).splitlines()[0], time.time()), history)
+                        continue
+                    if repairs:
+                        trial.meta["repairs"] = repairs
+                    if trial.number not in rerun:
+                        journal.start(trial)
+                    pool.start(trial.number, train_cfg, self.run_dir / "trials" / f"{trial.number:04d}",
+                               self.cfg.trial.timeout_s)  # fmt: skip
+                    running[trial.number] = trial
+                    status.update(self._running_text(running))
+                if not running:
+                    return
+                for number, outcome in pool.wait():
+                    self._finish(journal, running.pop(number), outcome, history)
+                status.update(self._running_text(running))
+
+    def _done(self, history: list[TrialRecord], running: dict) -> bool:
+        """No further trial may start: max_trials started, or the budget spent by the finished ones."""
         budget = self.cfg.study.budget_s
         spent = sum(t.wall_seconds for t in history)
-        return len(history) >= self.cfg.study.max_trials or (budget is not None and spent >= budget)
+        started = len(history) + len(running)
+        return started >= self.cfg.study.max_trials or (budget is not None and spent >= budget)
 
-    def _run_one(self, number: int, history: list[TrialRecord]) -> tuple[TrialRecord, dict | None]:
+    def _ask(self, number: int, history: list[TrialRecord], running: dict[int, PendingTrial]) -> PendingTrial:
         if number == 0:
             proposal = Proposal(self.space.default(), "default")
         else:
-            proposal = self.proposer.ask(history)
+            proposal = self.proposer.ask(history, [p.params for p in running.values()])
         meta = dict(proposal.meta)
         llm_turn = meta.pop("llm_turn", None)
-        try:
-            train_cfg, repairs = trial_config(self.base, self.space, proposal.params, self.cfg.trial)
-            if repairs:
-                meta["repairs"] = repairs
-            with self.console.status(f"trial {number} ({proposal.proposer}) training…"):
-                outcome = run_trial(train_cfg, self.run_dir / "trials" / f"{number:04d}", self.cfg.trial.timeout_s)
-        except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: refused, never run
-            outcome = refused(str(e).splitlines()[0], time.time())
-        return TrialRecord(
-            number=number, params=proposal.params, space_id=self.space.space_id, method=self.method,
-            proposer=proposal.proposer, status=outcome.status, val_bpb=outcome.val_bpb, error=outcome.error,
+        return PendingTrial(number, proposal.params, proposal.proposer, meta, llm_turn, time.time())
+
+    def _finish(self, journal: Journal, trial: PendingTrial, outcome: Outcome, history: list[TrialRecord]) -> None:
+        """Journal a finished trial (dropping its pending row), tell the proposer, show it."""
+        record = TrialRecord(
+            number=trial.number, params=trial.params, space_id=self.space.space_id, method=self.method,
+            proposer=trial.proposer, status=outcome.status, val_bpb=outcome.val_bpb, error=outcome.error,
             wall_seconds=outcome.wall_seconds, training_seconds=outcome.training_seconds,
             peak_memory_mb=outcome.peak_memory_mb, started_at=outcome.started_at, ended_at=outcome.ended_at,
-            seed=self.cfg.seed, meta=meta, result=outcome.result,
-        ), llm_turn
+            seed=self.cfg.seed, meta=trial.meta, result=outcome.result,
+        )  # fmt: skip
+        journal.append(record, llm_turn=trial.llm_turn)
+        journal.export_csv(self.run_dir / "trials.csv")
+        self.proposer.tell(record)
+        history.append(record)
+        self._show(record, history, trial.llm_turn)
+
+    @staticmethod
+    def _running_text(running: dict[int, PendingTrial], doing: str = "") -> str:
+        parts = [f"{doing}…"] if doing else []
+        if running:
+            trials = ", ".join(f"{n} ({p.proposer})" for n, p in sorted(running.items()))
+            parts.append(f"trial{'s' if len(running) > 1 else ''} {trials} training…")
+        return "; ".join(parts)
 
     def _show(self, record: TrialRecord, history: list[TrialRecord], llm_turn: dict | None) -> None:
         if llm_turn and llm_turn.get("fallback") and not self._warned_fallback:

@@ -5,16 +5,22 @@ on CPU, the XLA memory fraction on GPU, both applied by the trainer before JAX a
 wall-clock timeout, and whatever happens to it (out of memory, NaN, a segfault, a hang) becomes an outcome:
 `ok`, `oom`, `diverged`, `timeout` or `crashed`. The trainer's `result.json` is the only channel back.
 
-`python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there.
+`python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there. It dies with the
+study (Linux's parent-death signal), so a study killed with kill -9 leaves no trainer running on behalf of a
+trial its resume will run again; and it keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given
+some (`jaxhpo.workers`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +33,20 @@ from model.config import TrainConfig, load_config, validate
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
+CPUS_ENV = "JAXHPO_CPUS"  # comma-separated CPU ids the trainer is pinned to
+PARENT_ENV = "JAXHPO_PARENT_PID"
+
+
+@dataclass
+class SubmititConfig:
+    """`trial.submitit`: where a trial job goes when trial.executor=submitit (see jaxhpo.workers)."""
+
+    cluster: Optional[str] = None  # slurm | local | None: slurm where sbatch exists, else local
+    partition: Optional[str] = None
+    gpus_per_job: int = 0
+    cpus_per_job: int = 4
+    mem_gb: Optional[float] = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # more submitit parameters, e.g. slurm_account
 
 
 @dataclass
@@ -38,6 +58,8 @@ class TrialConfig:
     timeout_s: Optional[float] = None  # wall-clock limit; None = 3 × time_budget_s + 300 s
     compute_dtype: str = "auto"
     save_checkpoint: bool = False  # every trial's parameters; at paper scale that is 200 MB a trial
+    executor: str = "local"  # local: a subprocess of the study; submitit: a submitit job (SLURM, or local)
+    submitit: SubmititConfig = field(default_factory=SubmititConfig)
 
 
 @dataclass
@@ -100,8 +122,14 @@ def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialC
     return cfg, notes
 
 
-def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None) -> Outcome:
-    """Train `cfg` in a fresh subprocess in `trial_dir` and classify how it ended."""
+class TrialCancelled(RuntimeError):
+    """The study stopped while the trial ran; its process was killed and it has no outcome."""
+
+
+def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None, env: Mapping[str, str] | None = None,
+              cancel: threading.Event | None = None) -> Outcome:  # fmt: skip
+    """Train `cfg` in a fresh subprocess in `trial_dir` (with `env` added to its environment) and classify how it
+    ended. Setting `cancel` kills the subprocess and raises TrialCancelled."""
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a rerun after a crash must not read the old result
@@ -113,20 +141,36 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None)
         proc = subprocess.Popen(
             [sys.executable, "-m", "jaxhpo.trial", str(trial_dir)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **(env or {})},
         )
         try:
-            returncode = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncode = None
-        except BaseException:  # Ctrl-C or a kill of the study: take the trial down with it
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            returncode = _wait(proc, started + timeout_s, cancel)
+        except BaseException:  # Ctrl-C, a kill of the study, or a cancel: take the trial down with it
+            _kill(proc)
             raise
+        if returncode is None:
+            _kill(proc)
     ended = time.time()
     return _classify(trial_dir, returncode, timeout_s, started, ended)
+
+
+def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None) -> int | None:
+    """The exit code, or None at the deadline; raises TrialCancelled once `cancel` is set."""
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(1.0, deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                raise TrialCancelled("the study stopped") from None
+            if time.time() >= deadline:
+                return None
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    # The trainer runs in a session of its own: kill it and any child it started.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def refused(error: str, at: float) -> Outcome:
@@ -160,7 +204,21 @@ def _log_tail(trial_dir: Path, lines: int = 3) -> str:
     return " | ".join(tail)[-500:] or "no output"
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the study that started it dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.environ.get(PARENT_ENV) and os.getppid() != int(os.environ[PARENT_ENV]):
+        os._exit(1)  # the study died before the signal was armed
+
+
 def _main(trial_dir: str) -> int:
+    _die_with_parent()
+    if os.environ.get(CPUS_ENV):
+        # Before JAX starts: XLA sizes its CPU thread pools by the cores this process may run on.
+        os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
     from model.train import train
 
     result = train(load_config(Path(trial_dir) / "config.yaml"), trial_dir)

@@ -1,0 +1,119 @@
+"""Parallel trials: devices per worker, `study.workers=2` for real (overlapping trials, kill -9 and resume), and
+`trial.executor=submitit` running trials as real (local) submitit jobs."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxhpo.journal import Journal, JournalError
+from jaxhpo.workers import WorkerError, slot_envs
+from tests.conftest import REPO, run_cli
+from tests.test_study import study_args
+
+
+# The tiny space with its shapes capped at the default's: every trial is as cheap as trial 0 (these tests are about
+# scheduling, not about what the proposer finds).
+SMALL_SHAPES = [
+    f"space.params.{name}.high={value}"
+    for name, value in [("DEPTH", 2), ("ASPECT_RATIO", 64), ("HEAD_DIM", 64), ("DEVICE_BATCH_SIZE", 16),
+                        ("TOTAL_BATCH_SIZE", 4096)]
+]  # fmt: skip
+
+
+def test_each_worker_gets_one_gpu_or_a_share_of_the_cores():
+    assert slot_envs(1, gpus=["0", "1"]) == [{}]  # one worker sees what the study sees
+    assert slot_envs(2, gpus=["3", "5"]) == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    assert slot_envs(2, gpus=[], cpus=[0, 1, 2, 3, 4]) == [{"JAXHPO_CPUS": "0,1,2"}, {"JAXHPO_CPUS": "3,4"}]
+    assert slot_envs(3, gpus=[], cpus=[6, 7]) == [{"JAXHPO_CPUS": c} for c in ("6", "7", "6")]
+    with pytest.raises(WorkerError, match="study.workers=3 but only 2 GPU"):
+        slot_envs(3, gpus=["0", "1"])
+
+
+def pids_running(needle: str) -> list[int]:
+    """Processes whose command line contains `needle`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if needle.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def overlapping(trials) -> bool:
+    spans = sorted((t.started_at, t.ended_at) for t in trials)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_two_workers_overlap_and_a_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, data_cache):
+    args = study_args("random", tmp_path, data_cache, "study.workers=2", "study.max_trials=4", *SMALL_SHAPES)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxhpo", *args], cwd=REPO, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    journal_path = tmp_path / "journal.sqlite"
+    deadline, finished, pending = time.time() + 400, [], []
+    while time.time() < deadline and not (finished and len(pending) == 2):
+        time.sleep(0.5)
+        with contextlib.suppress(JournalError):  # not there yet, or its schema still being created
+            with Journal(journal_path, readonly=True) as journal:
+                finished, pending = journal.trials(), journal.pending()
+    assert finished and len(pending) == 2, "never saw a finished trial with two more running"
+    time.sleep(2)  # the two trainers are running when the kill lands
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Journal(journal_path, readonly=True) as journal:
+        before, interrupted = journal.trials(), journal.pending()
+    assert interrupted, "the kill should have caught trials in flight"
+    # the trainers die with the study (parent-death signal): nothing trains on for a trial that will rerun
+    # (one still starting up when the kill landed exits as soon as it gets that far)
+    deadline = time.time() + 60
+    while pids_running(str(tmp_path / "trials")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert pids_running(str(tmp_path / "trials")) == []
+
+    resumed = run_cli("jaxhpo", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"running the {len(interrupted)} interrupted again" in resumed.stderr
+    with Journal(journal_path, readonly=True) as journal:
+        after, still_pending = journal.trials(), journal.pending()
+    assert [t.number for t in after] == [0, 1, 2, 3] and still_pending == []
+    by_number = {t.number: t for t in after}
+    assert [by_number[t.number] for t in before] == before  # finished trials kept as they were
+    for p in interrupted:  # rerun under the same number, with the same configuration and proposer
+        assert (by_number[p.number].params, by_number[p.number].proposer) == (p.params, p.proposer)
+    assert overlapping(after), [(t.number, t.started_at, t.ended_at) for t in after]
+
+
+def test_trials_run_as_submitit_jobs(tmp_path, data_cache):
+    args = study_args(
+        "random", tmp_path, data_cache, "study.max_trials=2", "study.workers=2", "trial.executor=submitit",
+        "trial.submitit.cluster=local", *SMALL_SHAPES,
+    )  # fmt: skip
+    proc = run_cli("jaxhpo", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    assert [t.number for t in trials] == [0, 1] and trials[0].status == "ok" and trials[0].val_bpb < 4
+    assert overlapping(trials)
+    jobs = sorted((tmp_path / "submitit").glob("*_result.pkl"))
+    assert len(jobs) == 2  # one submitit job per trial, each with its pickled outcome
+    assert (tmp_path / "trials/0000/result.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("trial.executor=slurm", "unknown trial.executor='slurm'"), ("study.workers=0", "study.workers=0")],
+)
+def test_bad_worker_settings_get_one_line(override, needle, tmp_path):
+    proc = run_cli("jaxhpo", "+method=random", override, f"hydra.run.dir={tmp_path}")
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr
+    assert not (tmp_path / "journal.sqlite").exists()
