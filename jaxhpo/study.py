@@ -16,6 +16,7 @@ order they are told in -- and the proposals after it -- can differ.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ class Study:
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, console: Console | None = None):
         validate_study(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.trial = dataclasses.replace(
+            cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
+        )
         self.console = console or Console(stderr=True)
         self.space = Space.from_config(cfg.space)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
@@ -77,7 +81,7 @@ class Study:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (
-            WorkerPool(self.cfg.study.workers, self.cfg.trial, self.run_dir) as pool,
+            WorkerPool(self.cfg.study.workers, self.trial, self.run_dir) as pool,
             Journal(self.run_dir / JOURNAL_FILE) as journal,
             self._llm() as llm_startup_s,
         ):
@@ -147,7 +151,7 @@ class Study:
                         status.update(self._running_text(running, f"asking {self.method} for trial {number}"))
                         trial = self._ask(number, history, running)
                     try:
-                        train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.cfg.trial)
+                        train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.trial)
                     except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: never run
                         self._finish(journal, trial, refused(str(e).splitlines()[0], time.time()), history)
                         continue
@@ -156,7 +160,7 @@ class Study:
                     if trial.number not in rerun:
                         journal.start(trial)
                     pool.start(trial.number, train_cfg, self.run_dir / "trials" / f"{trial.number:04d}",
-                               self.cfg.trial.timeout_s)  # fmt: skip
+                               self.trial.timeout_s)  # fmt: skip
                     running[trial.number] = trial
                     status.update(self._running_text(running))
                 if not running:

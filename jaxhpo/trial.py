@@ -58,6 +58,9 @@ class TrialConfig:
     timeout_s: Optional[float] = None  # wall-clock limit; None = 3 × time_budget_s + 300 s
     compute_dtype: str = "auto"
     save_checkpoint: bool = False  # every trial's parameters; at paper scale that is 200 MB a trial
+    preflight: bool = True  # a trial XLA's memory analysis says cannot fit ends as oom after compiling only
+    compile_cache: bool = True  # persistent XLA compilation cache shared by the study's trials
+    compile_cache_dir: Optional[str] = None  # None = <run dir>/xla_cache; point studies at one folder to share
     executor: str = "local"  # local: a subprocess of the study; submitit: a submitit job (SLURM, or local)
     submitit: SubmititConfig = field(default_factory=SubmititConfig)
 
@@ -109,6 +112,8 @@ def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialC
     cfg.memory_limit_gb = trial.memory_limit_gb
     cfg.compute_dtype = trial.compute_dtype
     cfg.save_checkpoint = trial.save_checkpoint
+    cfg.preflight = trial.preflight
+    cfg.compile_cache_dir = trial.compile_cache_dir if trial.compile_cache else None
     cfg: TrainConfig = OmegaConf.to_object(cfg)
     notes = []
     m = cfg.model

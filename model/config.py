@@ -43,6 +43,8 @@ class TrainConfig:
     memory_limit_gb: Optional[float] = None  # CPU: address-space limit for this process
     save_checkpoint: bool = True
     log_every_s: float = 10.0  # progress lines when stdout is not a terminal
+    preflight: bool = True  # refuse (status oom, predicted) a run XLA's memory analysis says cannot fit
+    compile_cache_dir: Optional[str] = None  # persistent XLA compilation cache, shared by runs; None = off
 
 
 def load_config(path) -> TrainConfig:

@@ -53,6 +53,26 @@ def _gpu_memory_bytes() -> int | None:
     return int(out[index]) * 2**20 if out else None  # nvidia-smi reports MiB
 
 
+def enable_compile_cache(path: str | None) -> dict[str, int]:
+    """Use (and fill) the persistent compilation cache at `path`, which processes may share; returns counters of
+    this process's cache hits and misses, updated as it compiles. Call before the first compilation."""
+    counts = {"hits": 0, "misses": 0}
+    if not path:
+        return counts
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Every program: the tiny model's steps compile in a second or two, and still that is most of a short trial.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    events = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+
+    def count(event: str, **_) -> None:
+        if event in events:
+            counts[events[event]] += 1
+
+    jax.monitoring.register_event_listener(count)
+    return counts
+
+
 def compute_dtype(name: str):
     """The jnp dtype for a config value: auto = bfloat16 on GPU, float32 elsewhere."""
     if name == "auto":

@@ -1,8 +1,14 @@
 """Train the GPT for a fixed time and score it in val_bpb: `train(cfg, out_dir) -> result`.
 
-As in autoresearch, the budget is *training* time: the train step is compiled ahead of time and compilation is
-not charged. Every run ends with `result.json` in its folder, whatever happens: `ok`, `oom` (XLA's
-RESOURCE_EXHAUSTED), `diverged` (NaN loss or loss > 100), `invalid` (refused before compiling) or `crashed`.
+As in autoresearch, the budget is *training* time: the train and eval steps are compiled ahead of time, against
+abstract shapes, and compilation is not charged. Before any parameter is allocated, the memory pre-flight
+(`model.preflight`) reads XLA's memory analysis of the compiled steps; a run predicted not to fit its memory limit
+stops there, as `oom` with `predicted: true`. Compiled programs go to a persistent cache (`compile_cache_dir`)
+that concurrent runs share: learning rates and schedule values are inputs of the step, not constants, so runs
+that differ only in them compile once.
+
+Every run ends with `result.json` in its folder, whatever happens: `ok`, `oom` (XLA's RESOURCE_EXHAUSTED, or
+predicted), `diverged` (NaN loss or loss > 100), `invalid` (refused before compiling) or `crashed`.
 
 CLI: `python -m model.train model=tiny time_budget_s=30` (Hydra; configs in hydra_configs/).
 """
@@ -23,7 +29,7 @@ import optax
 from flax import nnx
 from omegaconf import OmegaConf
 
-from model import device
+from model import device, preflight
 from model.config import ConfigError, TrainConfig, grad_accum_steps, validate
 from model.data import load_corpus, train_batches, val_batches
 from model.evaluate import evaluate_bpb, make_eval_step, save_params
@@ -72,12 +78,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     try:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         validate(cfg)
-        result.update(_train(cfg, out_dir, t_start))
+        result.update(_train(cfg, out_dir, t_start, result))
         result["status"] = "ok"
     except ConfigError as e:
         result.update(status="invalid", error=str(e))
     except Diverged as e:
         result.update(status="diverged", error=str(e))
+    except preflight.PredictedOOM as e:
+        result.update(status="oom", error=str(e), predicted=True)
     except Exception as e:  # noqa: BLE001 - every failure becomes a result, never a lost run
         status = "oom" if device.is_oom(e) else "crashed"
         result.update(status=status, error=_first_line(e))
@@ -88,27 +96,41 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     return result
 
 
-def _train(cfg: TrainConfig, out_dir: Path, t_start: float) -> dict:
+def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dict:
     backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb)
+    cache = device.enable_compile_cache(cfg.compile_cache_dir)
     m = cfg.model
     dtype = device.compute_dtype(cfg.compute_dtype)
     corpus = load_corpus(cfg.data, m.vocab_size)
 
-    model = GPT(m, dtype=dtype, rngs=nnx.Rngs(cfg.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    del model
+    def new_model() -> GPT:
+        return GPT(m, dtype=dtype, rngs=nnx.Rngs(cfg.seed))
+
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(new_model), nnx.Param)
     tx = build_optimizer(cfg.optim, m.model_dim)
-    opt_state = tx.init(params)
+    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
 
     accum = grad_accum_steps(m)
     batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
+    eval_shape = jax.ShapeDtypeStruct((m.eval_batch_size, m.seq_len + 1), jnp.int32)
     t_compile = time.time()
     step_fn = (
         jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
-        .lower(params, opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32))
+        .lower(abstract_params, abstract_opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32))
         .compile()
     )
+    eval_step = make_eval_step(graphdef, corpus.token_bytes).lower(abstract_params, eval_shape).compile()
     compile_seconds = time.time() - t_compile
+    result["compile_cache"] = dict(cache)
+    footprint = preflight.footprint(
+        step_fn, eval_step, abstract_params, abstract_opt_state, preflight.memory_limit_bytes(cfg.memory_limit_gb)
+    )
+    result["preflight"] = footprint.as_dict()  # recorded with preflight off too: the calibration compares it
+    if cfg.preflight and not footprint.fits:
+        raise preflight.PredictedOOM(footprint.message())
+
+    _, params = nnx.split(new_model(), nnx.Param)
+    opt_state = tx.init(params)
 
     batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed)
     tokens_per_step = accum * m.device_batch_size * m.seq_len
@@ -128,7 +150,6 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float) -> dict:
             progress_bar.update(step, loss, step * tokens_per_step / training_seconds, training_seconds)
 
     t_eval = time.time()
-    eval_step = make_eval_step(graphdef, corpus.token_bytes)
     val_bpb = evaluate_bpb(
         eval_step, params, val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens)
     )

@@ -1,0 +1,49 @@
+"""The memory pre-flight and the compilation cache, on real runs of the trainer: a configuration that really runs
+out of memory under the limit is refused after compiling only, one that fits trains; runs that differ only in
+learning rates compile once."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+# Far past 3 GB: about 1.3 B float32 parameters plus Muon/Adam state.
+TOO_BIG = ["model.depth=12", "model.aspect_ratio=256"]
+
+
+def train(tmp_path, data_cache, *overrides: str) -> dict:
+    proc = run_cli(
+        "model.train", "model=tiny", "time_budget_s=1", "model.eval_tokens=4096", "memory_limit_gb=3",
+        f"data.cache_dir={data_cache}", f"hydra.run.dir={tmp_path}", *overrides,
+    )  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("preflight", [False, True])
+def test_a_configuration_that_really_ooms_is_refused_before_it_runs(preflight, tmp_path, data_cache):
+    result = train(tmp_path, data_cache, *TOO_BIG, f"preflight={str(preflight).lower()}")
+    assert result["status"] == "oom", result
+    if preflight:  # refused after compiling: no step ran, nothing was allocated for the model
+        assert result["predicted"] is True and result["error"].startswith("predicted out of memory")
+        assert result["preflight"]["predicted"] > 3 and result["preflight"]["fits"] is False
+        assert "num_steps" not in result
+    else:  # without the check the same configuration really fails in XLA's allocator
+        assert "RESOURCE_EXHAUSTED" in result["error"] and "predicted" not in result
+
+
+def test_a_configuration_that_fits_passes_and_learning_rates_do_not_recompile(tmp_path, data_cache):
+    cache = f"compile_cache_dir={tmp_path / 'xla_cache'}"
+    first = train(tmp_path / "a", data_cache, cache, "optim.matrix_lr=0.04", "optim.embedding_lr=0.6")
+    assert first["status"] == "ok" and first["preflight"]["fits"] is True
+    assert first["preflight"]["predicted"] <= 3
+    assert first["compile_cache"]["misses"] >= 2  # the train step and the eval step
+    second = train(tmp_path / "b", data_cache, cache, "optim.matrix_lr=0.01", "optim.embedding_lr=0.2",
+                   "optim.warmdown_ratio=0.3")  # fmt: skip
+    assert second["status"] == "ok" and second["val_bpb"] != first["val_bpb"]
+    assert second["compile_cache"] == {"hits": 2, "misses": 0}  # both programs came from the cache
+    assert second["compile_seconds"] < first["compile_seconds"]
+    other_shape = train(tmp_path / "c", data_cache, cache, "model.depth=1")
+    assert other_shape["compile_cache"]["misses"] >= 2  # a new shape is a new program
