@@ -68,6 +68,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from jaxhpo.journal import JournalError
+    from jaxhpo.llm.client import LLMError
     from jaxhpo.space import SpaceError
     from jaxhpo.study import Study, StudyError
     from model.config import ConfigError
@@ -77,7 +78,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = Study(OmegaConf.to_object(cfg), run_dir).run()
-    except (StudyError, SpaceError, ConfigError, DataError, JournalError, ValueError) as e:
+    except (StudyError, SpaceError, ConfigError, DataError, JournalError, LLMError, ValueError) as e:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # Logged to the console and the job's own log, since Hydra re-raises only the grid's first failure;
             # an exit here would end the whole grid, an exception fails this job only.
