@@ -120,18 +120,33 @@ class Study:
             self.console.print(f"LLM {self.cfg.llm.model} ready in {client.startup_seconds:.1f}s")
             yield client.startup_seconds
 
+    def trainer_settings(self) -> dict:
+        """What a trial measures besides its parameters, flattened: the model, optimizer and data settings and the
+        trial's budget, limit and dtype. A study resumed with other values would mix incomparable trials."""
+        trial = self.cfg.trial
+        flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})
+        flat.pop("data.cache_dir")  # where the token shards are cached changes nothing they contain
+        flat.update({"trial.time_budget_s": trial.time_budget_s, "trial.memory_limit_gb": trial.memory_limit_gb,
+                     "trial.compute_dtype": trial.compute_dtype})  # fmt: skip
+        return flat
+
     def _check_same_study(self, journal: Journal) -> None:
         info = {"method": self.method, "space_id": self.space.space_id, "seed": self.cfg.seed}
         stored = journal.study_info()
-        clash = [k for k, v in info.items() if k in stored and stored[k] != v]
+        clash = [(k, stored[k], v) for k, v in info.items() if k in stored and stored[k] != v]
+        trainer = self.trainer_settings()
+        stored_trainer = stored.get("trainer", trainer)  # journals before this check have none: accept them
+        clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
         if clash:
-            k = clash[0]
+            k, was, now = clash[0]
             raise StudyError(
-                f"{self.run_dir} holds a study with {k}={stored[k]!r}, not {info[k]!r}; "
-                "resume it with the same settings or choose another hydra.run.dir"
+                f"{self.run_dir} holds a study with {k}={was!r}, not {now!r}; resume it with the same settings, "
+                "or give this one its own folder (hydra.run.dir, or hydra.sweep.subdir in a grid)"
             )
         if not stored:
             journal.set_study_info({**info, "space": self.space.definition(), "space_name": self.space.name})
+        if "trainer" not in stored:
+            journal.set_study_info({"trainer": trainer})
         # What may change on resume (a larger budget, more workers) is recorded as of the latest run.
         study = self.cfg.study
         journal.set_study_info({"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers})
@@ -231,3 +246,16 @@ class Study:
         if record.error:
             line += f"  [dim]{record.error[:80]}[/dim]"
         self.console.print(line, highlight=False)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"model": ModelConfig(depth=2, ...)} -> {"model.depth": 2, ...}, over dataclasses and dicts."""
+    flat = {}
+    for key, value in tree.items():
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat

@@ -1,6 +1,8 @@
 """Grids of studies through `python -m jaxhpo -m`: Hydra's joblib and submitit launchers, and the paper configs."""
 
+import csv
 import json
+import statistics
 
 import pytest
 from omegaconf import OmegaConf
@@ -13,7 +15,11 @@ FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096", "study.max_trials=2"]
 
 
 def grid_args(sweep_dir, data_cache, *extra: str) -> list[str]:
-    return ["-m", *FAST, f"data.cache_dir={data_cache}", f"hydra.sweep.dir={sweep_dir}", *extra]
+    """A grid's arguments: fast trials, the session's data cache and compilation cache (see tests/test_study.py)."""
+    return [
+        "-m", *FAST, f"data.cache_dir={data_cache}", f"trial.compile_cache_dir={data_cache}/xla_cache",
+        f"hydra.sweep.dir={sweep_dir}", *extra,
+    ]  # fmt: skip
 
 
 def tried_other_platforms(folder) -> bool:
@@ -53,6 +59,21 @@ def test_joblib_grid_runs_one_study_per_job_in_its_own_folder(joblib_grid):
     # Each seed draws its own configuration.
     random_params = [journal_trials(joblib_grid / "random" / f"seed{k}")[1].params for k in (0, 1)]
     assert random_params[0] != random_params[1]
+
+
+def test_the_report_of_a_grid_has_one_row_per_method_with_a_std(joblib_grid):
+    proc = run_cli("jaxhpo.report", str(joblib_grid))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(joblib_grid / "report.csv", newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["random", "tpe"]
+    for method, row in rows.items():
+        bests = [min(t.val_bpb for t in journal_trials(joblib_grid / method / f"seed{k}") if not t.failed)
+                 for k in (0, 1)]  # fmt: skip
+        assert row["studies"] == "2" and float(row["best_val_bpb_mean"]) == pytest.approx(statistics.mean(bests))
+        assert float(row["best_val_bpb_std"]) == pytest.approx(statistics.stdev(bests), abs=1e-6)  # CSV rounding
+        assert f"| {method} " in proc.stdout  # the Markdown table on the terminal
+    assert (joblib_grid / "convergence.png").stat().st_size > 1000 and (joblib_grid / "failures.png").exists()
 
 
 def test_study_process_in_a_worker_leaves_the_gpu_to_trials(tmp_path, data_cache):
