@@ -69,7 +69,7 @@ class Study:
         self.trial = dataclasses.replace(
             cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
         )
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
         self.space = Space.from_config(cfg.space)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
         check_space_keys(self.space, self.base)
