@@ -64,6 +64,10 @@ def enable_compile_cache(path: str | None) -> dict[str, int]:
     # Every program: the tiny model's steps compile in a second or two, and still that is most of a short trial.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if jax.default_backend() == "cpu":
+        # Off a GPU there is no autotuning to cache; left on, its folder (inside `path`) enters every cache key,
+        # so a cache copied or named by another path would never hit.
+        jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     events = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
 
     def count(event: str, **_) -> None:
@@ -96,5 +100,10 @@ def peak_flops() -> float | None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, or the host refusing memory."""
-    return isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
+    """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, or the host refusing memory. Under an
+    address-space limit, also XLA:CPU's YNNPACK kernels failing: they report a refused allocation only as
+    "YNNPACK operation failed" (after printing "allocate of <N> failed")."""
+    if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc):
+        return True
+    limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
+    return limited and "YNNPACK operation failed" in str(exc)

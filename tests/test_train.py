@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -89,3 +91,13 @@ def test_invalid_hyperparameters_are_refused_in_one_line(tmp_path, override, key
     assert len(errors) == 1 and key in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "invalid"
+
+
+def test_ynnpack_allocation_failures_count_as_oom_only_under_a_memory_limit():
+    # XLA:CPU's YNNPACK kernels report a refused allocation as a generic error (seen under RLIMIT_AS).
+    code = (
+        "import resource; from model.device import is_oom; e = RuntimeError('INTERNAL: YNNPACK operation failed');"
+        "print(is_oom(e)); resource.setrlimit(resource.RLIMIT_AS, (64 << 30, 64 << 30)); print(is_oom(e))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
