@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 
 from jaxhpo.journal import Journal
 from tests.conftest import REPO, run_cli
+from tests.test_study import SMALL_SHAPES
 
-# Two short trials a study on the tiny model; trial overhead (process start, compile, eval) dominates anyway.
-FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096", "study.max_trials=2"]
+# Two short trials a study on the tiny model, shapes capped at the default's (cheap, and compiled once a session).
+FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096", "study.max_trials=2", *SMALL_SHAPES]
 
 
 def grid_args(sweep_dir, data_cache, *extra: str) -> list[str]:

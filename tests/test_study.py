@@ -15,6 +15,13 @@ from tests.conftest import REPO, run_cli
 
 # Short trials on the tiny model; trial overhead (process start, compile, eval) dominates anyway.
 FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096"]
+# The tiny space with its shapes capped at the default's: every trial is as cheap as trial 0, for tests about
+# scheduling and bookkeeping rather than about what the proposer finds.
+SMALL_SHAPES = [
+    f"space.params.{name}.high={value}"
+    for name, value in [("DEPTH", 2), ("ASPECT_RATIO", 64), ("HEAD_DIM", 64), ("DEVICE_BATCH_SIZE", 16),
+                        ("TOTAL_BATCH_SIZE", 4096)]
+]  # fmt: skip
 
 
 def study_args(method: str, run_dir, data_cache, *extra: str) -> list[str]:
@@ -73,7 +80,7 @@ def test_out_of_memory_trials_are_recorded_and_the_study_goes_on(tmp_path, data_
 
 
 def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path, data_cache):
-    args = study_args("tpe", tmp_path, data_cache, "study.max_trials=4")
+    args = study_args("tpe", tmp_path, data_cache, "study.max_trials=4", *SMALL_SHAPES)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jaxhpo", *args], cwd=REPO, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -13,16 +13,7 @@ import pytest
 from jaxhpo.journal import Journal, JournalError
 from jaxhpo.workers import WorkerError, slot_envs
 from tests.conftest import REPO, run_cli
-from tests.test_study import study_args
-
-
-# The tiny space with its shapes capped at the default's: every trial is as cheap as trial 0 (these tests are about
-# scheduling, not about what the proposer finds).
-SMALL_SHAPES = [
-    f"space.params.{name}.high={value}"
-    for name, value in [("DEPTH", 2), ("ASPECT_RATIO", 64), ("HEAD_DIM", 64), ("DEVICE_BATCH_SIZE", 16),
-                        ("TOTAL_BATCH_SIZE", 4096)]
-]  # fmt: skip
+from tests.test_study import SMALL_SHAPES, study_args
 
 
 def test_each_worker_gets_one_gpu_or_a_share_of_the_cores():
