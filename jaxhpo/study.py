@@ -143,13 +143,14 @@ class Study:
                 f"{self.run_dir} holds a study with {k}={was!r}, not {now!r}; resume it with the same settings, "
                 "or give this one its own folder (hydra.run.dir, or hydra.sweep.subdir in a grid)"
             )
-        if not stored:
-            journal.set_study_info({**info, "space": self.space.definition(), "space_name": self.space.name})
-        if "trainer" not in stored:
-            journal.set_study_info({"trainer": trainer})
         # What may change on resume (a larger budget, more workers) is recorded as of the latest run.
         study = self.cfg.study
-        journal.set_study_info({"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers})
+        updates = {"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers}
+        if not stored:
+            updates.update(info, space=self.space.definition(), space_name=self.space.name)
+        if "trainer" not in stored:
+            updates["trainer"] = trainer
+        journal.set_study_info(updates)
 
     def _loop(self, pool: WorkerPool, journal: Journal, history: list[TrialRecord],
               interrupted: list[PendingTrial]) -> None:  # fmt: skip

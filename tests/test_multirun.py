@@ -71,8 +71,10 @@ def test_the_report_of_a_grid_has_one_row_per_method_with_a_std(joblib_grid):
     for method, row in rows.items():
         bests = [min(t.val_bpb for t in journal_trials(joblib_grid / method / f"seed{k}") if not t.failed)
                  for k in (0, 1)]  # fmt: skip
-        assert row["studies"] == "2" and float(row["best_val_bpb_mean"]) == pytest.approx(statistics.mean(bests))
-        assert float(row["best_val_bpb_std"]) == pytest.approx(statistics.stdev(bests), abs=1e-6)  # CSV rounding
+        # report.csv holds 6 significant digits
+        assert row["studies"] == "2"
+        assert float(row["best_val_bpb_mean"]) == pytest.approx(statistics.mean(bests), abs=1e-5)
+        assert float(row["best_val_bpb_std"]) == pytest.approx(statistics.stdev(bests), abs=1e-5)
         assert f"| {method} " in proc.stdout  # the Markdown table on the terminal
     assert (joblib_grid / "convergence.png").stat().st_size > 1000 and (joblib_grid / "failures.png").exists()
 
