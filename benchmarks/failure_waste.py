@@ -43,8 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxhpo.journal import Journal, TrialRecord
-from jaxhpo.study import JOURNAL_FILE
+from jaxhpo.journal import JOURNAL_FILE, Journal, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 

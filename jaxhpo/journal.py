@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
+JOURNAL_FILE = "journal.sqlite"  # a study's journal, in its run folder
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database

@@ -18,9 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import yaml
 
-from jaxhpo.journal import STATUSES, Journal, JournalError, TrialRecord
-
-JOURNAL_FILE = "journal.sqlite"  # as jaxhpo.study names it; not imported, to keep the report free of JAX
+from jaxhpo.journal import JOURNAL_FILE, STATUSES, Journal, JournalError, TrialRecord
 
 
 def summarize(

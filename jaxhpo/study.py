@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from jaxhpo.config import StudyConfig
-from jaxhpo.journal import Journal, PendingTrial, TrialRecord
+from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.base import Proposal, Proposer
@@ -34,8 +34,6 @@ from jaxhpo.trial import Outcome, check_space_keys, refused, trial_config
 from jaxhpo.workers import WorkerPool
 from model.config import TrainConfig
 from model.data import load_corpus
-
-JOURNAL_FILE = "journal.sqlite"
 
 
 class StudyError(ValueError):
