@@ -144,8 +144,13 @@ class WorkerPool:
 
 
 def _cluster(cfg: SubmititConfig) -> str:
+    """The submitit cluster trials go to; WorkerError for one submitit does not know."""
     import submitit
+    from submitit.core.plugins import get_executors
 
+    known = sorted(get_executors())
+    if cfg.cluster is not None and cfg.cluster not in known:
+        raise WorkerError(f"unknown trial.submitit.cluster={cfg.cluster!r}; choose one of: {', '.join(known)}")
     return cfg.cluster or submitit.AutoExecutor.which()
 
 

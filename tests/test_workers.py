@@ -101,10 +101,13 @@ def test_trials_run_as_submitit_jobs(tmp_path, data_cache):
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("trial.executor=slurm", "unknown trial.executor='slurm'"), ("study.workers=0", "study.workers=0")],
+    [
+        ("trial.executor=slurm", "unknown trial.executor='slurm'"), ("study.workers=0", "study.workers=0"),
+        ("trial.executor=submitit trial.submitit.cluster=pbs", "unknown trial.submitit.cluster='pbs'"),
+    ],
 )
 def test_bad_worker_settings_get_one_line(override, needle, tmp_path):
-    proc = run_cli("jaxhpo", "+method=random", override, f"hydra.run.dir={tmp_path}")
+    proc = run_cli("jaxhpo", "+method=random", *override.split(), f"hydra.run.dir={tmp_path}")
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr
     assert not (tmp_path / "journal.sqlite").exists()
