@@ -171,10 +171,13 @@ class Study:
                         continue
                     if repairs:
                         trial.meta["repairs"] = repairs
-                    if trial.number not in rerun:
+                    trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
+                    if trial.number in rerun:
+                        if note := pool.cancel_stale(trial_dir):
+                            self.console.print(note, highlight=False)
+                    else:
                         journal.start(trial)
-                    pool.start(trial.number, train_cfg, self.run_dir / "trials" / f"{trial.number:04d}",
-                               self.trial.timeout_s)  # fmt: skip
+                    pool.start(trial.number, train_cfg, trial_dir, self.trial.timeout_s)
                     running[trial.number] = trial
                     status.update(self._running_text(running))
                 if not running:

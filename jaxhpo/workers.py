@@ -16,14 +16,21 @@ cancelled, out of the job's own memory) is a `crashed` trial with submitit's rea
 
 A trial's wall time is measured where it runs, from its process start to its end: queueing for a SLURM node is
 not charged to the study's budget.
+
+A submitit job outlives a study killed with kill -9 (a SLURM job does not know its submitter died), and would go
+on training beside the rerun of its trial, in the same folder. So each job is recorded in its trial's folder while
+it runs (`submitit_job.json`), and `WorkerPool.cancel_stale` cancels a recorded job before its trial runs again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -36,6 +43,7 @@ from jaxhpo.trial import CPUS_ENV, Outcome, SubmititConfig, TrialCancelled, Tria
 from model.config import TrainConfig
 
 EXECUTORS = ("local", "submitit")
+JOB_FILE = "submitit_job.json"  # in a trial's folder while its submitit job runs
 
 
 class WorkerError(ValueError):
@@ -118,6 +126,26 @@ class WorkerPool:
         self._free.sort()
         return finished
 
+    def cancel_stale(self, trial_dir: str | Path) -> str | None:
+        """Cancel the submitit job an interrupted study left running for the trial in `trial_dir`; a line saying
+        so, or None if there was none. (A local trainer needs none of this: it dies with its study.)"""
+        record_path = Path(trial_dir) / JOB_FILE
+        if not record_path.exists():
+            return None
+        record = json.loads(record_path.read_text())
+        cancelled = False  # other clusters (submitit's in-process "debug") died with the study
+        if record["cluster"] == "local":
+            cancelled = _stop_local_job(record["job_id"], record["folder"])
+        elif record["cluster"] == "slurm":
+            import submitit
+
+            submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]).cancel(check=False)  # scancel
+            cancelled = True
+        record_path.unlink()
+        if not cancelled:
+            return None
+        return f"cancelled submitit job {record['job_id']}, left running for {Path(trial_dir).name} by the interrupted study"
+
     def _run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None, env: dict) -> Outcome:
         started = time.time()
         try:
@@ -175,10 +203,14 @@ def _run_submitit(cfg: SubmititConfig, run_dir: Path, train_cfg: TrainConfig, tr
     executor.update_parameters(**{**params, **cfg.parameters})
     started = time.time()
     job = executor.submit(run_trial, train_cfg, trial_dir, timeout_s, dict(env))
+    record = {"job_id": job.job_id, "cluster": executor.cluster, "folder": str(executor.folder.resolve())}
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / JOB_FILE).write_text(json.dumps(record) + "\n")
     while not job.done():
         if cancel.wait(2.0):
             job.cancel(check=False)
             raise TrialCancelled("the study stopped")
+    (trial_dir / JOB_FILE).unlink(missing_ok=True)
     try:
         return job.result()
     except Exception as e:  # submitit's FailedJobError and friends: the job ended without an outcome
@@ -186,3 +218,30 @@ def _run_submitit(cfg: SubmititConfig, run_dir: Path, train_cfg: TrainConfig, tr
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         return Outcome("crashed", None, f"submitit job {job.job_id} failed: {reason}"[:500], now - started,
                        started, now)  # fmt: skip
+
+
+def _stop_local_job(job_id: str, folder: str, grace_s: float = 30.0) -> bool:
+    """Stop a local submitit job by its controller's pid (its job id) as submitit's own cancel does, with SIGINT,
+    which the controller passes on to the task and the task to its trainer; True if it was running. The command
+    line is checked first, so a pid reused by another process since is left alone."""
+    pid = int(job_id)
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        return b"submitit.local._local" in cmdline and folder.encode() in cmdline  # a zombie's is empty
+
+    if not alive():
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.time() + grace_s
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True

@@ -83,20 +83,37 @@ def test_two_workers_overlap_and_a_kill_9_then_resume_loses_and_duplicates_nothi
     assert overlapping(after), [(t.number, t.started_at, t.ended_at) for t in after]
 
 
-def test_trials_run_as_submitit_jobs(tmp_path, data_cache):
+def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_left(tmp_path, data_cache):
     args = study_args(
         "random", tmp_path, data_cache, "study.max_trials=2", "study.workers=2", "trial.executor=submitit",
         "trial.submitit.cluster=local", *SMALL_SHAPES,
     )  # fmt: skip
-    proc = run_cli("jaxhpo", *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = [a for a in args if not a.startswith("trial.time_budget_s=")] + ["trial.time_budget_s=15"]  # still training at resume
+    proc = subprocess.Popen([sys.executable, "-m", "jaxhpo", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    job_files = [tmp_path / f"trials/{n:04d}/submitit_job.json" for n in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not (all(f.exists() for f in job_files) and len(pids_running(str(tmp_path / "trials"))) >= 2):
+        time.sleep(0.5)
+    assert all(f.exists() for f in job_files), "never saw both trials submitted"
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGKILL)  # the study alone, as when its login session dies: its jobs live on
+    proc.wait()
+    controllers = pids_running(f"{tmp_path}/submitit")
+    assert controllers, "the jobs should outlive the study"
+
+    resumed = run_cli("jaxhpo", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("left running for") == 2, resumed.stderr[-3000:]
+    assert not set(controllers) & set(pids_running(f"{tmp_path}/submitit"))  # the old jobs are gone
+    assert pids_running(str(tmp_path / "trials")) == []  # and their trainers with them
     with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
-        trials = journal.trials()
-    assert [t.number for t in trials] == [0, 1] and trials[0].status == "ok" and trials[0].val_bpb < 4
+        trials, pending = journal.trials(), journal.pending()
+    assert [t.number for t in trials] == [0, 1] and pending == []
+    assert trials[0].status == "ok" and trials[0].val_bpb < 4
     assert overlapping(trials)
-    jobs = sorted((tmp_path / "submitit").glob("*_result.pkl"))
-    assert len(jobs) == 2  # one submitit job per trial, each with its pickled outcome
-    assert (tmp_path / "trials/0000/result.json").exists()
+    assert len(list((tmp_path / "submitit").glob("*_result.pkl"))) >= 2  # each rerun's job pickled its outcome
+    assert (tmp_path / "trials/0000/result.json").exists() and not any(f.exists() for f in job_files)
 
 
 @pytest.mark.parametrize(
