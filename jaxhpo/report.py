@@ -42,6 +42,7 @@ def summarize(
         "status_counts": {s: statuses.get(s, 0) for s in STATUSES},
         "failed_percent": round(100 * (n - len(ok)) / n, 1) if n else 0.0,
         "oom_percent": round(100 * statuses.get("oom", 0) / n, 1) if n else 0.0,
+        "oom_predicted_percent": round(100 * sum(map(predicted_oom, trials)) / n, 1) if n else 0.0,
         "proposer_counts": dict(Counter(t.proposer for t in trials)),
         "trial_seconds": round(sum(t.wall_seconds for t in trials), 1),
         "budget_s": budget_s,
@@ -49,6 +50,11 @@ def summarize(
         "llm_fallbacks": sum(1 for t in llm_turns if t["fallback"]),
         "llm_seconds": round(llm_startup_s + sum(t["latency_s"] or 0.0 for t in llm_turns), 1),
     }
+
+
+def predicted_oom(trial: TrialRecord) -> bool:
+    """An OOM the memory pre-flight predicted (the trial compiled and stopped), not a real allocation failure."""
+    return trial.status == "oom" and bool(trial.result.get("predicted"))
 
 
 def best_so_far(trials: Sequence[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +125,8 @@ def _step_at(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 DASH = "–"
 CSV_COLUMNS = (
     "method", "space_name", "space_id", "studies", "studies_with_success", "best_val_bpb_mean", "best_val_bpb_std",
-    "best_val_bpb_min", "failed_pct", "oom_pct", "trials", "llm_turns", "llm_fallback_pct", "trial_seconds_mean",
-    "budget_s", "budget_used_pct",
+    "best_val_bpb_min", "failed_pct", "oom_pct", "oom_predicted_pct", "trials", "llm_turns", "llm_fallback_pct",
+    "trial_seconds_mean", "budget_s", "budget_used_pct",
 )  # fmt: skip
 
 
@@ -256,6 +262,7 @@ def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
             "best_val_bpb_min": min(bests, default=None),
             "failed_pct": _pct(sum(t.failed for t in trials), len(trials)),
             "oom_pct": _pct(sum(t.status == "oom" for t in trials), len(trials)),
+            "oom_predicted_pct": _pct(sum(map(predicted_oom, trials)), len(trials)),
             "trials": len(trials),
             "llm_turns": len(turns),
             "llm_fallback_pct": _pct(sum(bool(turn["fallback"]) for turn in turns), len(turns)),
@@ -354,7 +361,9 @@ def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
             f"{r['studies']}" + (f" ({without} without a success)" if without else ""),
             f"{_num(r['best_val_bpb_mean'], '.4f')} ± {_num(r['best_val_bpb_std'], '.4f')}"
             if r["best_val_bpb_mean"] is not None else DASH,
-            _num(r["failed_pct"], ".1f"), _num(r["oom_pct"], ".1f"), str(r["trials"]),
+            _num(r["failed_pct"], ".1f"),
+            _num(r["oom_pct"], ".1f") + (f" ({r['oom_predicted_pct']:.1f} predicted)" if r["oom_predicted_pct"] else ""),
+            str(r["trials"]),
             str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"), used,
         ])  # fmt: skip
     return markdown_table(header, body)
@@ -442,10 +451,11 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 NOTES = f"""\
 failed % counts every trial that did not finish ok (oom, diverged, timeout, crashed), as the original study's
-table did; OOM % counts status oom alone. Percentages and totals pool all trials of a method's studies; best
-val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success ({DASH}: fewer
-than two). LLM fallback %: the share of LLM turns whose reply was not used. Budget used: summed trial wall time
-per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded."""
+table did; OOM % counts status oom alone, and in brackets the share the memory pre-flight refused after compiling
+(predicted) rather than trials that really ran out of memory. Percentages and totals pool all trials of a method's
+studies; best val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success
+({DASH}: fewer than two). LLM fallback %: the share of LLM turns whose reply was not used. Budget used: summed trial
+wall time per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded."""
 
 PROPOSER_NOTES = """\
 improvements: trials that lowered their study's best-so-far val_bpb (a study's first success included)."""

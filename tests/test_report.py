@@ -14,9 +14,10 @@ from tests.conftest import run_cli
 SPACE_ID, SPACE_NAME = "space-abc123", "tiny"
 MULTIRUN = "multirun/2026-11-22_10-00-00"
 
-# (proposer, status, val_bpb, wall_seconds, LLM turn: None for no turn, "" for a used reply, else the fallback reason)
+# (proposer, status, val_bpb, wall_seconds, LLM turn: None for no turn, "" for a used reply, else the fallback reason);
+# status "oom predicted" is an oom the memory pre-flight predicted.
 TPE = {
-    0: [("default", "ok", 1.00, 10, None), ("tpe", "ok", 0.98, 10, None), ("tpe", "oom", None, 5, None),
+    0: [("default", "ok", 1.00, 10, None), ("tpe", "ok", 0.98, 10, None), ("tpe", "oom predicted", None, 5, None),
         ("tpe", "ok", 0.99, 10, None)],
     1: [("default", "ok", 1.00, 10, None), ("tpe", "crashed", None, 2, None), ("tpe", "ok", 0.97, 10, None),
         ("tpe", "oom", None, 5, None)],
@@ -36,12 +37,14 @@ def write_study(folder: Path, method: str, seed: int, trials: list[tuple], info:
     with Journal(folder / "journal.sqlite") as journal:
         journal.set_study_info(info)
         for number, (proposer, status, val_bpb, wall, fallback) in enumerate(trials):
+            status, _, predicted = status.partition(" ")
             record = TrialRecord(
                 number=number, params={"DEPTH": number + 1}, space_id=info["space_id"], method=method,
                 proposer=proposer, status=status, val_bpb=val_bpb,
                 error=None if status == "ok" else f"{status} in trial {number}",
                 wall_seconds=float(wall), training_seconds=None, peak_memory_mb=None,
                 started_at=1.8e9 + 100 * number, ended_at=1.8e9 + 100 * number + wall, seed=seed,
+                result={"status": status, "predicted": True} if predicted else {},
             )  # fmt: skip
             turn = None
             if fallback is not None:
@@ -103,7 +106,7 @@ def test_method_table_one_row_per_method_with_the_numbers(reported):
     assert llm["best val_bpb (mean ± std)"] == best_cell([0.95, 0.96]) == "0.9550 ± 0.0071"
     assert tpe["best val_bpb (mean ± std)"] == best_cell([0.98, 0.97]) == "0.9750 ± 0.0071"
     # tpe: 1 oom + (1 crashed, 1 oom) of 8; llm: (1 diverged) + (1 oom) of 8.
-    assert (tpe["failed %"], tpe["OOM %"]) == ("37.5", "25.0")
+    assert (tpe["failed %"], tpe["OOM %"]) == ("37.5", "25.0 (12.5 predicted)")
     assert (llm["failed %"], llm["OOM %"]) == ("25.0", "12.5")
     assert tpe["trials (total)"] == llm["trials (total)"] == "8"
     assert (llm["LLM turns (total)"], llm["LLM fallback %"]) == ("6", "33.3")
@@ -128,6 +131,7 @@ def test_report_csv_holds_the_same_rows_as_numbers(reported):
     assert float(tpe["best_val_bpb_min"]) == pytest.approx(0.97)
     assert (float(tpe["failed_pct"]), float(tpe["oom_pct"])) == (37.5, 25.0)
     assert (float(llm["failed_pct"]), float(llm["oom_pct"])) == (25.0, 12.5)
+    assert (float(tpe["oom_predicted_pct"]), float(llm["oom_predicted_pct"])) == (12.5, 0.0)
     assert int(llm["llm_turns"]) == 6 and float(llm["llm_fallback_pct"]) == pytest.approx(100 / 3, rel=1e-5)
     assert tpe["llm_turns"] == "0" and tpe["llm_fallback_pct"] == ""
     assert float(tpe["trial_seconds_mean"]) == 31 and float(tpe["budget_s"]) == 100
@@ -210,7 +214,7 @@ def test_seed_without_success_and_study_without_trials_do_not_break_mean_or_std(
     assert list(rows) == ["llm", "tpe", "random"]  # no success: last
     assert rows["tpe"]["studies"] == "3 (1 without a success)"
     assert rows["tpe"]["best val_bpb (mean ± std)"] == best_cell([0.98, 0.97])  # over the studies with a success
-    assert (rows["tpe"]["failed %"], rows["tpe"]["OOM %"]) == ("50.0", "30.0")  # 5 of 10, 3 of 10
+    assert (rows["tpe"]["failed %"], rows["tpe"]["OOM %"]) == ("50.0", "30.0 (10.0 predicted)")  # 5, 3, 1 of 10
     random = rows["random"]
     assert (random["studies"], random["best val_bpb (mean ± std)"], random["failed %"], random["trials (total)"]) == (
         "1 (1 without a success)", "–", "–", "0")

@@ -77,6 +77,9 @@ def test_out_of_memory_trials_are_recorded_and_the_study_goes_on(tmp_path, data_
     assert ooms, [(t.status, t.error) for t in trials]
     # refused by the memory pre-flight after compiling, or XLA's own allocation failure
     assert all(t.result.get("predicted") or "RESOURCE_EXHAUSTED" in t.error for t in ooms), [t.error for t in ooms]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    predicted = sum(bool(t.result.get("predicted")) for t in ooms)
+    assert (summary["oom_percent"], summary["oom_predicted_percent"]) == (25.0 * len(ooms), 25.0 * predicted)
 
 
 def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path, data_cache):
