@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from jaxhpo.llm import LLMClient, LLMConfig, LLMError, LocalServer, as_llm_config, llm_session, parse_json
+from jaxhpo.llm import LLMClient, LLMConfig, LLMError, LocalServer, as_llm_config, llm_session
 from tests.llm_server import llm_missing
 
 SCHEMA = {
@@ -137,14 +137,6 @@ def test_config_checks_and_hydra_group():
     )
     assert LLMClient(remote).response_format(SCHEMA)["type"] == "json_schema"
     assert LLMClient(local, base_url="http://x/v1").response_format(SCHEMA) == {"type": "json_object", "schema": SCHEMA}
-
-
-def test_parse_json_is_defensive():
-    assert parse_json('{"a": 1}') == {"a": 1}
-    assert parse_json('Sure! ```json\n{"a": 1}\n``` done') == {"a": 1}
-    assert parse_json('Here it is: {"a": {"b": 2}} hope it helps') == {"a": {"b": 2}}
-    with pytest.raises(LLMError):
-        parse_json("no json here")
 
 
 @needs_llm

@@ -14,12 +14,12 @@ Structured output (`json_mode`):
   ``{"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA, "strict": false}}``, the form
   OpenAI, vLLM and SGLang accept.
 - ``"object"``: ``{"type": "json_object"}`` without a schema (any JSON object).
-- ``"none"``: no ``response_format``; the reply is plain text, parse it with :func:`parse_json`.
+- ``"none"``: no ``response_format``; the reply is plain text.
 
 If a server answers HTTP 400 with a message that mentions ``response_format`` (or 422, FastAPI's validation
 error, or 500, which llama-cpp-python's server answers for the json_schema form), the request is sent once more
-without it and the client remembers that for the rest of its life (callers should then use
-:func:`parse_json`, which copes with prose and code fences around the JSON).
+without it and the client remembers that for the rest of its life. Replies are therefore read with
+:func:`jaxhpo.llm.prompt.extract_object`, which copes with prose, code fences and small models' JSON mistakes.
 
 Grammars constrain shape, not numeric bounds: clamp numbers to the search space after parsing.
 
@@ -29,7 +29,6 @@ it is scrubbed from every error message, and neither the config nor the client s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -294,29 +293,3 @@ class LLMClient:
         if key:
             message = message.replace(key, "***")
         return message
-
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-
-
-def parse_json(text: str) -> Any:
-    """The JSON value in an LLM reply: the whole text, else a fenced block, else the first balanced {...}.
-
-    Raises a one-line LLMError when there is none.
-    """
-    text = text.strip()
-    candidates = [text]
-    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    dec = json.JSONDecoder()
-    for c in candidates:
-        try:
-            return json.loads(c)
-        except ValueError:
-            pass
-    for i, ch in enumerate(text):
-        if ch in "{[":
-            try:
-                return dec.raw_decode(text, i)[0]
-            except ValueError:
-                continue
-    raise LLMError(f"no JSON in the LLM reply: {one_line(text, 200)!r}")
