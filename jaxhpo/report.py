@@ -356,14 +356,15 @@ def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
         used = _duration(r["trial_seconds_mean"])
         if r["budget_used_pct"] is not None:
             used += f" ({r['budget_used_pct']:.0f} % of {_duration(r['budget_s'])})"
+        oom = _num(r["oom_pct"], ".1f")
+        if r["oom_predicted_pct"]:
+            oom += f" ({r['oom_predicted_pct']:.1f} predicted)"
         body.append([
             label,
             f"{r['studies']}" + (f" ({without} without a success)" if without else ""),
             f"{_num(r['best_val_bpb_mean'], '.4f')} ± {_num(r['best_val_bpb_std'], '.4f')}"
             if r["best_val_bpb_mean"] is not None else DASH,
-            _num(r["failed_pct"], ".1f"),
-            _num(r["oom_pct"], ".1f") + (f" ({r['oom_predicted_pct']:.1f} predicted)" if r["oom_predicted_pct"] else ""),
-            str(r["trials"]),
+            _num(r["failed_pct"], ".1f"), oom, str(r["trials"]),
             str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"), used,
         ])  # fmt: skip
     return markdown_table(header, body)

@@ -139,12 +139,14 @@ class WorkerPool:
         elif record["cluster"] == "slurm":
             import submitit
 
-            submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]).cancel(check=False)  # scancel
-            cancelled = True
+            job = submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"])
+            if cancelled := not job.done():
+                job.cancel(check=False)  # scancel
         record_path.unlink()
         if not cancelled:
             return None
-        return f"cancelled submitit job {record['job_id']}, left running for {Path(trial_dir).name} by the interrupted study"
+        return (f"cancelled submitit job {record['job_id']}, left running for trial {Path(trial_dir).name} by the "
+                "interrupted study")  # fmt: skip
 
     def _run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None, env: dict) -> Outcome:
         started = time.time()
@@ -203,7 +205,8 @@ def _run_submitit(cfg: SubmititConfig, run_dir: Path, train_cfg: TrainConfig, tr
     executor.update_parameters(**{**params, **cfg.parameters})
     started = time.time()
     job = executor.submit(run_trial, train_cfg, trial_dir, timeout_s, dict(env))
-    record = {"job_id": job.job_id, "cluster": executor.cluster, "folder": str(executor.folder.resolve())}
+    # the folder as the local job's command line has it (absolute, not resolved), for cancel_stale to match
+    record = {"job_id": job.job_id, "cluster": executor.cluster, "folder": str(executor.folder)}
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / JOB_FILE).write_text(json.dumps(record) + "\n")
     while not job.done():

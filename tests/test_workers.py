@@ -88,12 +88,14 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
         "random", tmp_path, data_cache, "study.max_trials=2", "study.workers=2", "trial.executor=submitit",
         "trial.submitit.cluster=local", *SMALL_SHAPES,
     )  # fmt: skip
-    args = [a for a in args if not a.startswith("trial.time_budget_s=")] + ["trial.time_budget_s=15"]  # still training at resume
+    # trials long enough to be still training when the resumed study starts
+    args = [a for a in args if not a.startswith("trial.time_budget_s=")] + ["trial.time_budget_s=15"]
     proc = subprocess.Popen([sys.executable, "-m", "jaxhpo", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     job_files = [tmp_path / f"trials/{n:04d}/submitit_job.json" for n in (0, 1)]
     deadline = time.time() + 300
-    while time.time() < deadline and not (all(f.exists() for f in job_files) and len(pids_running(str(tmp_path / "trials"))) >= 2):
+    trainers = str(tmp_path / "trials")
+    while time.time() < deadline and not (all(f.exists() for f in job_files) and len(pids_running(trainers)) >= 2):
         time.sleep(0.5)
     assert all(f.exists() for f in job_files), "never saw both trials submitted"
     time.sleep(1)
@@ -106,7 +108,7 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stderr.count("left running for") == 2, resumed.stderr[-3000:]
     assert not set(controllers) & set(pids_running(f"{tmp_path}/submitit"))  # the old jobs are gone
-    assert pids_running(str(tmp_path / "trials")) == []  # and their trainers with them
+    assert pids_running(trainers) == []  # and their trainers with them
     with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
         trials, pending = journal.trials(), journal.pending()
     assert [t.number for t in trials] == [0, 1] and pending == []
