@@ -7,6 +7,7 @@ by any Hydra launcher: basic (sequential), `hydra/launcher=joblib` (local proces
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -15,35 +16,56 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-METHOD_DIR = Path(__file__).resolve().parents[1] / "hydra_configs" / "method"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "hydra_configs"
+GROUPS = ("method", "model", "space", "data", "llm")  # the swappable parts; a method must be chosen
 
 
-def check_method_argument(argv: list[str]) -> str | None:
-    """One line of error for a missing or unknown +method=... (sweeps included), before Hydra composes anything."""
+def check_group_arguments(argv: list[str]) -> str | None:
+    """One line of error for a missing +method=..., or for an option of a config group (method, model, space, data,
+    llm; sweeps included) that neither hydra_configs/ nor a --config-dir holds, before Hydra composes anything."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob
     from hydra.errors import HydraException
 
-    known = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-    given = [a for a in argv if a.lstrip("+").startswith("method=")]
-    if not given:
-        return f"choose a method with +method=NAME, one of: {', '.join(known)}"
-    try:
-        overrides = OverridesParser.create().parse_overrides(given)
-    except HydraException:
-        return None  # a syntax error: Hydra reports it with its own message
-    for override in overrides:
-        value = override.value()
-        if isinstance(value, Glob):
-            names = value.filter(known)
-            if not names:
-                return f"{override.input_line} matches no method; choose from: {', '.join(known)}"
-        else:
-            names = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(value)]
-        for name in names:
-            if name not in known:
-                return f"unknown method {name!r}; choose one of: {', '.join(known)}"
+    extra = [d.removeprefix("file://") for d in _flag_values(argv, ("--config-dir", "-cd"))]
+    other_sources = any(a.split("=")[0] in ("--config-path", "-cp", "hydra.searchpath") for a in argv)
+    if other_sources or any("://" in d for d in extra):
+        return None  # another primary config, or config folders this cannot list: Hydra alone knows their options
+    dirs = [CONFIG_DIR, *map(Path, extra)]
+    given = {g: [a for a in argv if re.match(rf"^\+{{0,2}}{g}(@[\w.]+)?=", a)] for g in GROUPS}
+    for group, args in given.items():
+        known = sorted({f.stem for d in dirs for f in (d / group).glob("*.yaml")})
+        if group == "method" and not args:
+            return f"choose a method with +method=NAME, one of: {', '.join(known)}"
+        try:
+            overrides = OverridesParser.create().parse_overrides(args)
+        except HydraException:
+            return None  # a syntax error: Hydra reports it with its own message
+        for override in overrides:
+            value = override.value()
+            if isinstance(value, Glob):
+                names = value.filter(known)
+                if not names:
+                    return f"{override.input_line} matches no {group}; choose from: {', '.join(known)}"
+            else:
+                names = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(value)]
+            for name in names:
+                if name not in known:
+                    return f"unknown {group} {name!r}; choose one of: {', '.join(known)}"
     return None
+
+
+def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The values given to a command-line flag, as `--flag VALUE` or `--flag=VALUE`."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in flags:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(argv):
+                values.append(argv[i + 1])
+    return values
 
 
 def prepare_process() -> None:
@@ -94,7 +116,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    error = check_method_argument(sys.argv[1:])
+    error = check_group_arguments(sys.argv[1:])
     inspecting = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
     if error and not inspecting & {a.split("=")[0] for a in sys.argv[1:]}:
         print(f"error: {error}", file=sys.stderr)

@@ -116,6 +116,7 @@ def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path, dat
     "args, needle",
     [
         (["+method=sgd"], "unknown method 'sgd'"),
+        (["+method=tpe", "model=huge"], "unknown model 'huge'; choose one of: gpt50m, small, tiny"),
         ([], "choose a method with +method=NAME"),
         (["+method=tpe", "space.params.DEPTH.low=30"], "low=30"),
         (["+method=tpe", "study.budget_s=-5"], "study.budget_s"),
