@@ -12,6 +12,7 @@ under `cache_dir/<key>/`, where the key fingerprints everything that determines 
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import itertools
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grain
 import numpy as np
@@ -32,9 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# transformers is used for its tokenizer class only; its "PyTorch was not found" notice is noise here.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-from transformers import PreTrainedTokenizerFast  # noqa: E402
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|reserved_0|>")  # ids 0..3, in this order
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
@@ -67,13 +68,27 @@ class DataConfig:
 
 @dataclass
 class Corpus:
-    """A tokenized corpus, as the trainer consumes it."""
+    """A tokenized corpus, as the trainer consumes it, and its tokenizer for anyone who wants text."""
 
-    tokenizer: PreTrainedTokenizerFast
     train_tokens: np.ndarray  # 1-D uint16 (uint32 for vocabularies over 65536), memory-mapped from the cache
     val_tokens: np.ndarray
     token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id decodes to; 0 for special and unused ids
     key: str  # the cache folder's name
+    root: Path  # the cache folder
+
+    @functools.cached_property
+    def tokenizer(self) -> "PreTrainedTokenizerFast":
+        """transformers' tokenizer for this corpus, loaded on first use: importing transformers takes over a
+        second, and a trial needs only the token ids and their byte lengths."""
+        return _tokenizer_class().from_pretrained(str(self.root / "tokenizer"))
+
+
+def _tokenizer_class() -> "type[PreTrainedTokenizerFast]":
+    # transformers is used for its tokenizer class only; its "PyTorch was not found" notice is noise here.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast
 
 
 @dataclass
@@ -101,13 +116,12 @@ def load_corpus(cfg: DataConfig, vocab_size: int) -> Corpus:
         root.mkdir(parents=True, exist_ok=True)
         with _exclusive(root):
             _build(root, cfg, source, vocab_size)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"))
     return Corpus(
-        tokenizer=tokenizer,
         train_tokens=np.load(root / "train.npy", mmap_mode="r"),
         val_tokens=np.load(root / "val.npy", mmap_mode="r"),
-        token_bytes=_token_bytes(tokenizer, vocab_size),
+        token_bytes=_token_bytes(Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json")), vocab_size),
         key=key,
+        root=root,
     )
 
 
@@ -326,7 +340,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int, root: Path) -> None:
     bpe.train_from_iterator(texts, trainer, length=len(texts))
     if bpe.get_vocab_size() < vocab_size:
         _log(f"the text supports only {bpe.get_vocab_size()} tokens; ids from there to {vocab_size} stay unused")
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = _tokenizer_class()(
         tokenizer_object=bpe,
         bos_token=SPECIAL_TOKENS[0],
         eos_token=SPECIAL_TOKENS[1],
@@ -382,13 +396,13 @@ def _chunks(documents: Iterable[str], max_chars: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _token_bytes(tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> np.ndarray:
+def _token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
     """UTF-8 byte length of every id below `vocab_size`; 0 for special and unused ids."""
     # A ByteLevel token spells each of its bytes with one alphabet character, so its byte length is its length in
     # characters. (Decoding one id to text would not do: a token may hold part of a multi-byte character.)
     lengths = np.zeros(vocab_size, np.int32)
-    special = set(tokenizer.all_special_ids)
-    for token, i in tokenizer.get_vocab().items():
+    special = {tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    for token, i in tokenizer.get_vocab(with_added_tokens=True).items():
         if i not in special:
             lengths[i] = len(token)
     return lengths
