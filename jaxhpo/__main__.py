@@ -33,12 +33,13 @@ def check_group_arguments(argv: list[str]) -> str | None:
         return None  # another primary config, or config folders this cannot list: Hydra alone knows their options
     dirs = [CONFIG_DIR, *map(Path, extra)]
     given = {g: [a for a in argv if re.match(rf"^\+{{0,2}}{g}(@[\w.]+)?=", a)] for g in GROUPS}
+    parser = OverridesParser.create()
     for group, args in given.items():
         known = sorted({f.stem for d in dirs for f in (d / group).glob("*.yaml")})
         if group == "method" and not args:
             return f"choose a method with +method=NAME, one of: {', '.join(known)}"
         try:
-            overrides = OverridesParser.create().parse_overrides(args)
+            overrides = parser.parse_overrides(args)
         except HydraException:
             return None  # a syntax error: Hydra reports it with its own message
         for override in overrides:
