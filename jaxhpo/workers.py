@@ -208,7 +208,9 @@ def _run_submitit(cfg: SubmititConfig, run_dir: Path, train_cfg: TrainConfig, tr
     # the folder as the local job's command line has it (absolute, not resolved), for cancel_stale to match
     record = {"job_id": job.job_id, "cluster": executor.cluster, "folder": str(executor.folder)}
     trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / JOB_FILE).write_text(json.dumps(record) + "\n")
+    partial = trial_dir / f".{JOB_FILE}.tmp"  # renamed into place: a kill never leaves half a record to resume on
+    partial.write_text(json.dumps(record) + "\n")
+    os.replace(partial, trial_dir / JOB_FILE)
     while not job.done():
         if cancel.wait(2.0):
             job.cancel(check=False)
