@@ -1,5 +1,6 @@
 """Parallel trials: devices per worker, `study.workers=2` for real (overlapping trials, kill -9 and resume), and
-`trial.executor=submitit` running trials as real (local) submitit jobs."""
+`trial.executor=submitit` running trials as real (local) submitit jobs, which a resume cancels when a killed study
+left them running."""
 
 import contextlib
 import os
