@@ -410,16 +410,20 @@ def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
 
 
 def plot_failures(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path) -> None:
-    """Per method: the share of its trials that failed, stacked as OOM and other failures (diverged, timeout,
-    crashed); each study's own failed % (dot) and OOM % (cross) show the spread over seeds."""
+    """Per method: the share of its trials that failed, stacked as real OOMs, OOMs the memory pre-flight predicted
+    (hatched) and other failures (diverged, timeout, crashed); each study's own failed % (dot) and OOM % (cross)
+    show the spread over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(studies) + 2), 4.2), dpi=120)
     for i, runs in enumerate(studies.values()):
         trials = [t for r in runs for t in r]
         oom = _pct(sum(t.status == "oom" for t in trials), len(trials)) or 0.0
         failed = _pct(sum(t.failed for t in trials), len(trials)) or 0.0
+        predicted = _pct(sum(map(predicted_oom, trials)), len(trials)) or 0.0
         first = i == 0  # label each artist kind once, so the legend has one entry per kind
-        ax.bar(i, oom, color="tab:red", width=0.6, label="OOM" if first else None)
+        ax.bar(i, oom - predicted, color="tab:red", width=0.6, label="OOM, real" if first else None)
+        ax.bar(i, predicted, bottom=oom - predicted, color="tab:red", alpha=0.5, hatch="//", edgecolor="white",
+               width=0.6, label="OOM, predicted by the pre-flight" if first else None)  # fmt: skip
         ax.bar(i, failed - oom, bottom=oom, color="tab:orange", width=0.6,
                label="other failures" if first else None)  # fmt: skip
         seeds = [r for r in runs if r]
