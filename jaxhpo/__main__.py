@@ -7,13 +7,15 @@ by any Hydra launcher: basic (sequential), `hydra/launcher=joblib` (local proces
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 import hydra
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "hydra_configs"
@@ -106,7 +108,7 @@ def hydra_main(cfg: DictConfig) -> None:
             # Logged to the console and the job's own log, since Hydra re-raises only the grid's first failure;
             # an exit here would end the whole grid, an exception fails this job only.
             log.error(f"error: {e}")
-            raise JobError(f"error: {e}") from None
+            raise JobError(str(e)) from None
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     best = summary["best_val_bpb"]
@@ -123,7 +125,28 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     prepare_process()
-    hydra_main()
+    # Hydra raises its errors (bad overrides, unknown keys, values of the wrong type, a failed grid job) instead of
+    # reporting them over several lines; they are reported here in one. Unless the user asked for Hydra's traces.
+    wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if wants_trace:
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def error_line(e: Exception) -> str:
+    """A Hydra or OmegaConf error in one line: Hydra's first paragraph (its hint included, the list of config
+    search paths not), an OmegaConf error's first line (not its full_key/type details), and the OmegaConf cause."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if isinstance(e, OmegaConfBaseException) else " ".join(text.split("\n\n")[0].split())
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        line += f" ({str(cause).strip().splitlines()[0]})"
+    return line
 
 
 if __name__ == "__main__":

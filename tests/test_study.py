@@ -117,6 +117,10 @@ def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path, dat
     [
         (["+method=sgd"], "unknown method 'sgd'"),
         (["+method=tpe", "model=huge"], "unknown model 'huge'; choose one of: gpt50m, small, tiny"),
+        # Hydra's own errors, in one line too
+        (["+method=tpe", "study.foo=1"], "Could not override 'study.foo'. To append to your config use +study.foo=1 "
+                                         "(Key 'foo' not in 'StudySettings')"),
+        (["+method=tpe", "study.max_trials=abc"], "study.max_trials=abc (Value 'abc' of type 'str' could not be"),
         ([], "choose a method with +method=NAME"),
         (["+method=tpe", "space.params.DEPTH.low=30"], "low=30"),
         (["+method=tpe", "study.budget_s=-5"], "study.budget_s"),
