@@ -27,7 +27,6 @@ def check_group_arguments(argv: list[str]) -> str | None:
     llm; sweeps included) that neither hydra_configs/ nor a --config-dir holds, before Hydra composes anything."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob
-    from hydra.errors import HydraException
 
     extra = [d.removeprefix("file://") for d in _flag_values(argv, ("--config-dir", "-cd"))]
     other_sources = any(a.split("=")[0] in ("--config-path", "-cp", "hydra.searchpath") for a in argv)
