@@ -8,7 +8,10 @@ system message, the goal, the space, the rules) comes first, so a server that ca
 (llama.cpp does) reads only the rest anew. They are kept under `max_tokens` estimated tokens (`estimate_tokens`:
 digits count one each, as SmolLM2's and Qwen's tokenizers split numbers into digits) by showing fewer of the
 recent evaluations. Sizes with SmolLM2's tokenizer, 14 parameters, 200 trials of history: Centaur ~5.7k tokens,
-llm ~3.9k. On a 2-core CPU SmolLM2 reads 30-200 tokens/s, so a full Centaur turn takes about 0.5-3 minutes there.
+llm ~3.9k; in the worst case (every value printed at its longest, all 25 rows failed with long reasons) Centaur is
+6.3k (6.9k estimated). The budget, 7,200 estimated tokens, holds the study's 20 evaluations in either case, and
+with the 400-token reply stays inside SmolLM2's 8k context. On a 2-core CPU SmolLM2 reads 30-200 tokens/s, so a
+full Centaur turn takes about 0.5-3 minutes there.
 
 `parse_reply` never trusts the reply: it takes the first JSON object out of prose or code fences, matches
 parameter names case-insensitively, reads numbers given as strings, fills missing parameters from a fallback
@@ -31,10 +34,10 @@ from jaxhpo.space import Param, Space
 
 RECENT = 20  # evaluations shown (the original's "last 20")
 TOP = 5  # best trials shown in Centaur's prompt
-MAX_PROMPT_TOKENS = 6000  # estimated; a local server's context lowers it (see proposers.llm.prompt_budget)
+MAX_PROMPT_TOKENS = 7200  # estimated; a local server's context lowers it (see proposers.llm.prompt_budget)
 CHARS_PER_TOKEN = 1.9  # non-digit characters per token in these prompts, for SmolLM2's tokenizer (measured)
 REPLY_INSTRUCTION = "Reply with JSON only."
-ERROR_CHARS = 90  # a failure reason is cut to this many characters
+ERROR_CHARS = 60  # a failure reason is cut to this many characters (25 rows of them must fit the prompt)
 
 
 class ReplyError(ValueError):
