@@ -5,16 +5,15 @@ on CPU, the XLA memory fraction on GPU, both applied by the trainer before JAX a
 wall-clock timeout, and whatever happens to it (out of memory, NaN, a segfault, a hang) becomes an outcome:
 `ok`, `oom`, `diverged`, `timeout` or `crashed`. The trainer's `result.json` is the only channel back.
 
-`python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there. It dies with the
-study (Linux's parent-death signal), so a study killed with kill -9 leaves no trainer running on behalf of a
-trial its resume will run again; and it keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given
-some (`jaxhpo.workers`).
+`python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there. It is started
+through `jaxhpo.lifeline`, which ties it to the study (Linux's parent-death signal) before it imports anything,
+so a study killed with kill -9 leaves no trainer running on behalf of a trial its resume will run again; and it
+keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given some (`jaxhpo.workers`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -28,13 +27,13 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import OmegaConf
 
+from jaxhpo import lifeline
 from jaxhpo.space import Space, SpaceError
 from model.config import TrainConfig, load_config, validate
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
 CPUS_ENV = "JAXHPO_CPUS"  # comma-separated CPU ids the trainer is pinned to
-PARENT_ENV = "JAXHPO_PARENT_PID"
 
 
 @dataclass
@@ -144,9 +143,9 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
     with open(trial_dir / LOG_FILE, "w") as log:
         # A session of its own, so a timeout kills the trainer and any child it started.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxhpo.trial", str(trial_dir)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **(env or {})},
+            lifeline.command("jaxhpo.trial", str(trial_dir)), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", lifeline.PARENT_ENV: str(os.getpid()), **(env or {})},
         )
         try:
             returncode = _wait(proc, started + timeout_s, cancel)
@@ -209,18 +208,7 @@ def _log_tail(trial_dir: Path, lines: int = 3) -> str:
     return " | ".join(tail)[-500:] or "no output"
 
 
-def _die_with_parent() -> None:
-    """Have the kernel kill this process when the study that started it dies (Linux; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.environ.get(PARENT_ENV) and os.getppid() != int(os.environ[PARENT_ENV]):
-        os._exit(1)  # the study died before the signal was armed
-
-
 def _main(trial_dir: str) -> int:
-    _die_with_parent()
     if os.environ.get(CPUS_ENV):
         # Before JAX starts: XLA sizes its CPU thread pools by the cores this process may run on.
         os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})

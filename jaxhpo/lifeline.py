@@ -1,0 +1,49 @@
+"""A child process's lifeline to the study that started it: `python -m jaxhpo.lifeline MODULE ARGS...`.
+
+A trial's trainer must never outlive its study: a study killed with kill -9 is resumed, and the resume runs the
+interrupted trial again in the same folder. Linux's parent-death signal ties the child to its parent, but only
+once armed, and arming it after the trainer's imports (JAX, Flax: seconds) left a child alive, importing, while
+its study was already dead. So the link is made here, before anything else runs: arm the signal, check the
+parent is still the one that started us (it may have died before the signal was armed), and only then run
+MODULE as `__main__`. This module imports nothing but the standard library on purpose.
+
+On other systems than Linux the module is run without the link.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import runpy
+import signal
+import sys
+
+PARENT_ENV = "JAXHPO_PARENT_PID"  # the pid of the process the child must die with
+_PR_SET_PDEATHSIG = 1
+
+
+def command(module: str, *args: str) -> list[str]:
+    """The argv that runs `python -m module args...` tied to this process (set PARENT_ENV=os.getpid() too)."""
+    return [sys.executable, "-m", "jaxhpo.lifeline", module, *args]
+
+
+def arm() -> None:
+    """Have the kernel SIGKILL this process when its parent dies; exit at once if it already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        os._exit(1)  # the parent died before the signal was armed: we were re-parented, do nothing
+
+
+def _main(argv: list[str]) -> None:
+    arm()
+    if not argv:
+        sys.exit("usage: python -m jaxhpo.lifeline MODULE [ARGS...]")
+    sys.argv = argv  # as `python -m MODULE ARGS` would see them (argv[0] is replaced by run_module)
+    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
