@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "hydra_configs"
 GROUPS = ("method", "model", "space", "data", "llm")  # the swappable parts; a method must be chosen
+EXIT_BAD_INPUT = 2
+_where: dict[str, str] = {}  # the running study's run folder (and grid folder), for the message after a Ctrl-C
 
 
 def check_group_arguments(argv: list[str]) -> str | None:
@@ -54,6 +59,45 @@ def check_group_arguments(argv: list[str]) -> str | None:
             for name in names:
                 if name not in known:
                     return f"unknown {group} {name!r}; choose one of: {', '.join(known)}"
+    return None
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """Hydra's flags (with their values) moved before the overrides, order otherwise kept: argparse refuses an
+    override after a flag (`+method=tpe --config-dir d space=s` gave a bare "unrecognized arguments")."""
+    from hydra._internal.utils import get_args_parser
+
+    actions = get_args_parser()._option_string_actions
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        action = actions.get(arg.split("=", 1)[0]) if arg.startswith("-") else None
+        if action is None:
+            overrides.append(arg)
+        elif "=" in arg or action.nargs == 0:
+            flags.append(arg)
+        elif action.nargs is None and i + 1 < len(argv):  # a flag that takes one value
+            flags += argv[i : i + 2]
+            i += 1
+        elif action.nargs == "?" and i + 1 < len(argv) and argv[i + 1] in (action.choices or ()):
+            flags += argv[i : i + 2]
+            i += 1
+        else:
+            flags.append(arg)
+        i += 1
+    return flags + overrides
+
+
+def overridden_by_space(overrides: list[str], space) -> str | None:
+    """One line of error for a command-line override of a trainer key the space sets on every trial (which would
+    be silently ignored), or None."""
+    owners = {p.key: p.name for p in space.params}
+    for override in overrides:
+        key, eq, _ = override.lstrip("+~").partition("=")
+        if eq and key in owners:
+            name = owners[key]
+            return (f"{override} has no effect: space parameter {name} sets {key} on every trial; drop the "
+                    f"override, or take {name} out of the search (~space.params.{name}) to fix {key}")  # fmt: skip
     return None
 
 
@@ -93,23 +137,27 @@ def hydra_main(cfg: DictConfig) -> None:
 
     from jaxhpo.journal import JournalError
     from jaxhpo.llm.client import LLMError
-    from jaxhpo.space import SpaceError
+    from jaxhpo.space import Space, SpaceError
     from jaxhpo.study import Study, StudyError
     from model.config import ConfigError
     from model.data import DataError
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    _where.update(run_dir=str(run_dir), **({"sweep_dir": hydra_cfg.sweep.dir} if multirun else {}))
     try:
+        if conflict := overridden_by_space(list(hydra_cfg.overrides.task), Space.from_config(cfg.space)):
+            raise StudyError(conflict)
         summary = Study(OmegaConf.to_object(cfg), run_dir).run()
     except (StudyError, SpaceError, ConfigError, DataError, JournalError, LLMError, ValueError) as e:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if multirun:
             # Logged to the console and the job's own log, since Hydra re-raises only the grid's first failure;
             # an exit here would end the whole grid, an exception fails this job only.
             log.error(f"error: {e}")
             raise JobError(str(e)) from None
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     best = summary["best_val_bpb"]
     print(
         f"best val_bpb {best if best is not None else '-'} (trial {summary['best_trial']}) over "
@@ -117,29 +165,98 @@ def hydra_main(cfg: DictConfig) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken down the same clean path as Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    sys.argv[1:] = flags_first(sys.argv[1:])
     error = check_group_arguments(sys.argv[1:])
     inspecting = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
     if error and not inspecting & {a.split("=")[0] for a in sys.argv[1:]}:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    signal.signal(signal.SIGTERM, _terminate)
     prepare_process()
     # Hydra raises its errors (bad overrides, unknown keys, values of the wrong type, a failed grid job) instead of
     # reporting them over several lines; they are reported here in one. Unless the user asked for Hydra's traces.
     wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    import yaml
+
     try:
         hydra_main()
-    except (HydraException, OmegaConfBaseException) as e:
+    except KeyboardInterrupt as e:
+        print(interrupted_text(isinstance(e, Terminated)), file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT))
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError, OSError) as e:
         if wants_trace:
             raise
         print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except ValueError as e:
+        # logging.config's "Unable to configure handler 'file'": Hydra could not open the run folder's log file
+        if wants_trace or not isinstance(e.__cause__, OSError):
+            raise
+        print(f"error: {error_line(e.__cause__)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def interrupted_text(terminated: bool) -> str:
+    """What a stopped study says: which trials were stopped (they run again on resume) and the exact command
+    that resumes it."""
+    from jaxhpo.journal import JOURNAL_FILE, Journal, JournalError
+
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    if "run_dir" not in _where:
+        return f"{what} before the study started; nothing was run"
+    run_dir = Path(_where["run_dir"])
+    try:
+        with Journal(run_dir / JOURNAL_FILE, readonly=True) as journal:
+            stopped, finished = [p.number for p in journal.pending()], len(journal.trials())
+    except JournalError:
+        stopped, finished = [], 0
+    if stopped:
+        numbers = ", ".join(map(str, stopped))
+        trials = f"trial{'s' if len(stopped) > 1 else ''} {numbers} {'were' if len(stopped) > 1 else 'was'} stopped"
+        trials += " and will run again"
+    else:
+        trials = "no trial was running"
+    key, folder = ("hydra.sweep.dir", _where["sweep_dir"]) if "sweep_dir" in _where else ("hydra.run.dir", run_dir)
+    args = [a for a in sys.argv[1:] if not a.startswith(f"{key}=")] + [f"{key}={folder}"]
+    # "python" when that is this interpreter on the PATH (an activated venv), else the interpreter's full path
+    same = shutil.which("python") and Path(shutil.which("python")).resolve() == Path(sys.executable).resolve()
+    command = shlex.join(["python" if same else sys.executable, "-m", "jaxhpo", *args])
+    return f"{what}: {trials}; {finished} finished trials are kept in {run_dir / JOURNAL_FILE}\nresume with: {command}"
+
+
+def os_error_line(e: OSError) -> str:
+    """A file-system error in one line: where, what, and (for a full or unwritable disk) what to do."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ("" if "run_dir" in _where else "setting up the run folder: ")
+    hints = {errno.ENOSPC: "free some space, or choose another folder with hydra.run.dir=PATH",
+             errno.EDQUOT: "free some space, or choose another folder with hydra.run.dir=PATH",
+             errno.EROFS: "choose a writable folder with hydra.run.dir=PATH",
+             errno.EACCES: "choose a writable folder with hydra.run.dir=PATH"}  # fmt: skip
+    return f"{where}{e.strerror}" + (f"; {hints[e.errno]}" if e.errno in hints else "")
 
 
 def error_line(e: Exception) -> str:
     """A Hydra or OmegaConf error in one line: Hydra's first paragraph (its hint included, the list of config
     search paths not), an OmegaConf error's first line (not its full_key/type details), and the OmegaConf cause."""
+    import yaml
+
+    if isinstance(e, OSError) and e.strerror:
+        return os_error_line(e)
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}: " if mark else ""
+        return f"invalid YAML: {where}{e.problem}" + (f" ({e.context})" if e.context else "")
     text = str(e).strip()
     line = text.splitlines()[0] if isinstance(e, OmegaConfBaseException) else " ".join(text.split("\n\n")[0].split())
     cause = e.__cause__

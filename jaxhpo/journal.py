@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import numbers
@@ -265,6 +266,19 @@ def _llm_turn_row(number: int, turn: dict) -> tuple:
     return (number, *values.values())
 
 
+def _why(e: Exception, path: Path) -> str:
+    """An SQLite or OS error, saying "no space left on device" when that is the cause: SQLite reports a full disk
+    as "database or disk is full" or only as "disk I/O error", depending on which write failed."""
+    full = getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    if full or getattr(e, "errno", None) == errno.ENOSPC:
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(path.parent)
+            free = stat.f_bavail * stat.f_frsize
+            if free < 1 << 20:
+                return f"no space left on device ({free // 1024} KiB free in {path.parent}; {e})"
+    return str(e)
+
+
 def _record(row: sqlite3.Row) -> TrialRecord:
     values = {c: row[c] for c in _COLUMNS}
     for c in _JSON_COLUMNS:
@@ -301,7 +315,7 @@ class Journal:
                 target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as e:
-            raise JournalError(f"cannot open journal {self.path}: {e}") from None
+            raise JournalError(f"cannot open journal {self.path}: {_why(e, self.path)}") from None
         self._conn.row_factory = sqlite3.Row
         try:
             self._open()
@@ -318,7 +332,7 @@ class Journal:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.OperationalError as e:  # e.g. a read-only folder without the WAL's -shm file
-            raise JournalError(f"cannot read journal {self.path}: {e}") from None
+            raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
         except sqlite3.DatabaseError as e:  # "file is not a database"
             raise JournalError(f"{self.path} is not a journal: {e}") from None
         fresh = app_id == 0 and version == 0 and tables == 0  # a new or empty file
@@ -340,7 +354,7 @@ class Journal:
                     self._migrate()
             self._version = SCHEMA_VERSION
         except sqlite3.Error as e:
-            raise JournalError(f"cannot set up journal {self.path}: {e}") from None
+            raise JournalError(f"cannot set up journal {self.path}: {_why(e, self.path)}") from None
 
     def _migrate(self) -> None:
         """Create the schema or upgrade it to SCHEMA_VERSION; runs inside one transaction, so all or nothing."""
@@ -395,7 +409,7 @@ class Journal:
                     raise JournalError(f"trial {row[0]} is already in journal {self.path}") from None
                 raise JournalError(f"trial {row[0]} refused by journal {self.path}: {e}") from None
             except sqlite3.Error as e:
-                raise JournalError(f"cannot append trial {row[0]} to {self.path}: {e}") from None
+                raise JournalError(f"cannot append trial {row[0]} to {self.path}: {_why(e, self.path)}") from None
 
     def trials(self) -> list[TrialRecord]:
         """All finished trials, ordered by number."""
@@ -404,7 +418,7 @@ class Journal:
             try:
                 rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM trials ORDER BY number").fetchall()
             except sqlite3.Error as e:
-                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+                raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
         return [_record(r) for r in rows]
 
     def llm_turns(self) -> list[dict]:
@@ -418,7 +432,7 @@ class Journal:
                     f"SELECT {', '.join(_LLM_TURN_COLUMNS)} FROM llm_turns ORDER BY trial_number"
                 ).fetchall()
             except sqlite3.Error as e:
-                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+                raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
         return [{c: json.loads(r[c]) if c in _LLM_TURN_JSON else r[c] for c in _LLM_TURN_COLUMNS} for r in rows]
 
     def next_number(self) -> int:
@@ -431,7 +445,7 @@ class Journal:
                     f"SELECT COALESCE(MAX(number) + 1, 0) FROM (SELECT number FROM trials {pending})"
                 ).fetchone()[0]
             except sqlite3.Error as e:
-                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+                raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
 
     def start(self, trial: PendingTrial) -> None:
         """Record a trial as started (durable on return), before its process runs; a number already finished or
@@ -459,7 +473,7 @@ class Journal:
             except sqlite3.IntegrityError:
                 raise JournalError(f"trial {number} is already pending in journal {self.path}") from None
             except sqlite3.Error as e:
-                raise JournalError(f"cannot start trial {number} in {self.path}: {e}") from None
+                raise JournalError(f"cannot start trial {number} in {self.path}: {_why(e, self.path)}") from None
 
     def pending(self) -> list[PendingTrial]:
         """Trials started and not finished (in flight, or interrupted by a crash), ordered by number."""
@@ -472,7 +486,7 @@ class Journal:
                     "SELECT number, params, proposer, meta, llm_turn, started_at FROM pending ORDER BY number"
                 ).fetchall()
             except sqlite3.Error as e:
-                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+                raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
         return [
             PendingTrial(r["number"], json.loads(r["params"]), r["proposer"], json.loads(r["meta"]),
                          None if r["llm_turn"] is None else json.loads(r["llm_turn"]), r["started_at"])
@@ -490,7 +504,7 @@ class Journal:
                 with self._transaction():
                     conn.executemany("INSERT OR REPLACE INTO study (key, value) VALUES (?, ?)", items)
             except sqlite3.Error as e:
-                raise JournalError(f"cannot write study info to {self.path}: {e}") from None
+                raise JournalError(f"cannot write study info to {self.path}: {_why(e, self.path)}") from None
 
     def study_info(self) -> dict:
         """The study-level metadata, {} if never set."""
@@ -499,7 +513,7 @@ class Journal:
             try:
                 rows = conn.execute("SELECT key, value FROM study ORDER BY rowid").fetchall()
             except sqlite3.Error as e:
-                raise JournalError(f"cannot read journal {self.path}: {e}") from None
+                raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
         return {key: json.loads(value) for key, value in rows}
 
     def export_csv(self, path: str | Path) -> None:
@@ -512,7 +526,7 @@ class Journal:
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as e:
-            raise JournalError(f"cannot write {path}: {e}") from None
+            raise JournalError(f"cannot write {path}: {_why(e, self.path)}") from None
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f, lineterminator="\n")
@@ -527,7 +541,7 @@ class Journal:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            raise JournalError(f"cannot write {path}: {e}") from None
+            raise JournalError(f"cannot write {path}: {_why(e, self.path)}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
