@@ -148,8 +148,9 @@ def test_resuming_with_another_method_is_refused(tmp_path, data_cache):
     second = run_cli("jaxhpo", *study_args("tpe", tmp_path, data_cache, "study.max_trials=2"))
     assert second.returncode == 2 and "method='random'" in second.stderr
     # a grid over the model whose jobs share a folder must not mix their trials
-    third = run_cli("jaxhpo", *study_args("random", tmp_path, data_cache, "study.max_trials=2", "model.depth=1"))
-    assert third.returncode == 2 and "model.depth=2, not 1" in third.stderr, third.stderr[-2000:]
+    other_model = study_args("random", tmp_path, data_cache, "study.max_trials=2", "model.eval_tokens=8192")
+    third = run_cli("jaxhpo", *other_model)
+    assert third.returncode == 2 and "model.eval_tokens=4096, not 8192" in third.stderr, third.stderr[-2000:]
 
 
 def test_batch_constraint_is_repaired_before_the_trial_starts():
