@@ -2,7 +2,7 @@
 
 Why httpx and not the `openai` SDK: it is one small, pure-Python dependency; timeouts, retries and error
 messages are explicit here rather than hidden in an SDK's defaults (the SDK retries on its own, and its
-exceptions carry multi-line bodies); and the same 100 lines work with any server that speaks the
+exceptions carry multi-line bodies); and the same few hundred lines work with any server that speaks the
 `/v1/chat/completions` API — the embedded llama.cpp server, vLLM, SGLang, or a hosted endpoint.
 
 Structured output (`json_mode`):
@@ -23,25 +23,45 @@ without it and the client remembers that for the rest of its life. Replies are t
 
 Grammars constrain shape, not numeric bounds: clamp numbers to the search space after parsing.
 
+Time limits. ``timeout_s`` is the total time of one attempt -- connect, send, and the whole reply, the re-send
+without ``response_format`` included -- whatever the server does (silent after connecting or after its headers,
+one byte a second, a body that never ends): each request is a bounded exchange (:mod:`jaxhpo.llm.exchange`, a
+daemon thread the caller waits for with the exact time left and abandons at the deadline), and a reply body over
+``exchange.MAX_REPLY_BYTES`` is read no further.
+Both are retryable failures, as are connection errors, HTTP 408/409/425/429/5xx and a 200 whose body is not a
+chat completion; other 4xx fail at once. Before retry k the client sleeps ``backoff_s * 2**(k-1)``, or what a
+429/503's ``Retry-After`` asks (if that is over ``timeout_s`` it gives up and says so). So ``chat()`` returns or
+raises within ``(retries + 1) * timeout_s`` plus the sleeps, each at most ``max(backoff_s * 2**(k-1), timeout_s)``.
+:meth:`LLMClient.check` is a start-up probe (``GET /models``) bounded the same way by ``min(timeout_s, 10)``.
+
 The API key is read from ``os.environ[cfg.api_key_env]`` at request time and never stored on the client;
-it is scrubbed from every error message, and neither the config nor the client shows it in its repr.
+it is scrubbed from every error message and from the reply's text (:meth:`LLMClient.scrub`, which
+:func:`jaxhpo.proposers.llm.llm_turn` also applies to every text of an LLM turn it records), and neither the
+config nor the client shows it in its repr.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Mapping, Optional
 
 import httpx
 from hydra.core.config_store import ConfigStore
 
+from jaxhpo.llm.exchange import Deadline, ExchangeFailed, Reply, Unreachable, exchange
+
 PROVIDERS = ("local", "openai")
 JSON_MODES = ("schema", "object", "none")
 SCHEMA_STYLES = ("llama_cpp", "openai")
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}  # worth another attempt; other 4xx fail at once
+CHECK_TIMEOUT_S = 10.0  # the most LLMClient.check() waits for an answer
 
 
 @dataclass
@@ -55,7 +75,7 @@ class LLMConfig:
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key, never the key
     temperature: float = 0.7
     max_tokens: int = 400
-    timeout_s: float = 300.0  # per request (connect, and the wait for the whole reply): a CPU is slow
+    timeout_s: float = 300.0  # total seconds per attempt (connect, send, the whole reply): a CPU is slow
     retries: int = 2  # extra attempts after the first, with exponential backoff
     backoff_s: float = 1.0  # sleep before retry k (1-based): backoff_s * 2**(k-1)
     json_mode: str = "schema"  # "schema" | "object" | "none" (see the module docstring)
@@ -148,12 +168,41 @@ def one_line(text: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _excerpt(text: str, limit: int = 200) -> str:
+    # A body may hold NULs or terminal escapes: they have no place in a one-line log message.
+    head = text[: 4 * limit]
+    return one_line("".join(c if c.isprintable() or c.isspace() else "?" for c in head), limit)
+
+
 class _Retryable(Exception):
-    """An attempt failed in a way another attempt might not."""
+    """An attempt failed in a way another attempt might not; `retry_after`: the wait the server asked for."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _Fatal(Exception):
     """An attempt failed in a way no retry will fix."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The wait a `Retry-After` header asks for, in seconds (delta-seconds or HTTP-date form); None if absent or
+    unreadable. A date in the past is 0."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class LLMClient:
@@ -173,10 +222,14 @@ class LLMClient:
         self.server = None  # the LocalServer behind this client, when llm_session started one
         self.schema_style = self.cfg.schema_style or ("llama_cpp" if self.cfg.provider == "local" else "openai")
         self.response_format_supported = True  # set False after a server rejects response_format
-        timeout = httpx.Timeout(self.cfg.timeout_s, connect=min(self.cfg.timeout_s, 10.0))
         # Proxy variables (HTTPS_PROXY, ...) apply to remote endpoints only, never to a loopback server.
         loopback = httpx.URL(self.base_url).host in ("127.0.0.1", "localhost", "::1")
-        self._http = httpx.Client(timeout=timeout, trust_env=not loopback)
+        # No keep-alive: every exchange opens its own connection, so the trace hook always sees the socket that
+        # abandon() must cut, and a connection a misbehaving server left half-read is never reused. A connect
+        # costs milliseconds next to a completion's seconds.
+        self._http = httpx.Client(
+            timeout=self.cfg.timeout_s, trust_env=not loopback, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     def __repr__(self) -> str:
         return f"LLMClient(provider={self.cfg.provider!r}, base_url={self.base_url!r}, model={self.cfg.model!r})"
@@ -190,7 +243,7 @@ class LLMClient:
     def close(self) -> None:
         self._http.close()
 
-    # -- request building -------------------------------------------------------------------------------------
+    # -- the API key ------------------------------------------------------------------------------------------
 
     def _api_key(self) -> str | None:
         name = self.cfg.api_key_env
@@ -198,8 +251,32 @@ class LLMClient:
             return None
         key = os.environ.get(name)
         if not key:
-            raise LLMError(f"the API key variable {name} is not set (llm.api_key_env={name})")
+            raise LLMError(
+                f"llm.api_key_env={name} but the environment variable {name} is not set; export it, "
+                "or set llm.api_key_env=null for a server without a key"
+            )
         return key
+
+    def scrub(self, text: Any) -> Any:
+        """`text` with the API key (when one is configured and set) replaced by ``***``; non-strings as given."""
+        name = self.cfg.api_key_env
+        key = os.environ.get(name) if name else None
+        if key and isinstance(text, str):
+            return text.replace(key, "***")
+        return text
+
+    def _message(self, text: str) -> str:
+        # Scrub before cutting to one line: a cut through the key would leave a prefix the scrub cannot see.
+        return one_line(self.scrub(text), 500)
+
+    @staticmethod
+    def _headers(key: str | None, **extra: str) -> dict:
+        headers = {"Accept": "application/json", **extra}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    # -- request building -------------------------------------------------------------------------------------
 
     def response_format(self, schema: dict | None) -> dict | None:
         """The `response_format` this client sends for `schema` (None: none is sent)."""
@@ -224,61 +301,87 @@ class LLMClient:
             body["response_format"] = fmt
         return body
 
-    # -- the call ---------------------------------------------------------------------------------------------
+    # -- one bounded HTTP exchange ----------------------------------------------------------------------------
+
+    def _exchange(self, method: str, url: str, deadline: float, limit_s: float, headers: dict,
+                  payload: Any = None) -> Reply:  # fmt: skip
+        """One bounded exchange (jaxhpo.llm.exchange) on this client's connections; its failures are retryable."""
+        try:
+            return exchange(self._http, method, url, deadline=deadline, headers=headers, payload=payload)
+        except Deadline:
+            raise _Retryable(f"timeout: no complete reply within {limit_s:g} s") from None
+        except ExchangeFailed as e:
+            raise _Retryable(str(e)) from None
+
+
+    # -- the calls --------------------------------------------------------------------------------------------
 
     def chat(self, messages: list[dict], schema: dict | None = None) -> Completion:
-        """Send `messages` and return the reply; LLMError (one line) once every attempt has failed."""
+        """Send `messages` and return the reply (API key scrubbed from its text); LLMError (one line) once every
+        attempt has failed, or at once for a failure no retry fixes (HTTP 4xx but 408/409/425/429)."""
         key = self._api_key()
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = self._headers(key, **{"Content-Type": "application/json"})
         url = f"{self.base_url}/chat/completions"
-        attempts, last = 0, "no attempt made"
-        total = self.cfg.retries + 1
-        while attempts < total:
-            if attempts:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempts - 1))
-            attempts += 1
+        total, last = self.cfg.retries + 1, "no attempt made"
+        for attempt in range(1, total + 1):
             try:
-                return self._attempt(url, headers, messages, schema, attempts)
+                done = self._attempt(url, headers, messages, schema, attempt)
+            except _Fatal as e:
+                raise LLMError(self._message(f"LLM request to {url} failed: {e}")) from None
             except _Retryable as e:
                 last = str(e)
-            except _Fatal as e:
-                raise LLMError(self._scrub(f"LLM request to {url} failed: {e}", key)) from None
-        raise LLMError(self._scrub(f"LLM request to {url} failed after {attempts} attempt(s): {last}", key))
+                if attempt == total:
+                    break
+                wait = self.cfg.backoff_s * 2 ** (attempt - 1)
+                if e.retry_after is not None:
+                    if e.retry_after > self.cfg.timeout_s:
+                        raise LLMError(self._message(
+                            f"LLM request to {url} failed: {e}; the server asked to wait {round(e.retry_after, 1):g} s "
+                            f"before retrying, more than llm.timeout_s={self.cfg.timeout_s:g} s"
+                        )) from None  # fmt: skip
+                    wait = e.retry_after
+                time.sleep(wait)
+                continue
+            done.text, done.model = self.scrub(done.text), self.scrub(done.model)
+            return done
+        raise LLMError(self._message(f"LLM request to {url} failed after {total} attempt(s): {last}"))
 
     def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | None, attempts: int):
         body = self._payload(messages, schema)
+        limit = self.cfg.timeout_s
+        deadline = time.monotonic() + limit
         t0 = time.perf_counter()
-        try:
-            r = self._http.post(url, json=body, headers=headers)
-            if r.status_code in (400, 422, 500) and "response_format" in body and "response_format" in r.text:
-                # The server does not take this response_format: ask once more without, and keep it off.
-                self.response_format_supported = False
-                body.pop("response_format")
-                t0 = time.perf_counter()
-                r = self._http.post(url, json=body, headers=headers)
-        except httpx.TimeoutException as e:
-            raise _Retryable(f"timeout after {self.cfg.timeout_s:g} s ({type(e).__name__})") from None
-        except httpx.ConnectError as e:
-            raise _Retryable(f"cannot connect ({one_line(e, 120) or type(e).__name__})") from None
-        except httpx.TransportError as e:
-            raise _Retryable(f"transport error {type(e).__name__}: {one_line(e, 120)}") from None
+        r = self._exchange("POST", url, deadline, limit, headers, body)
+        text = self.scrub(r.body.decode("utf-8", errors="replace"))
+        if r.status in (400, 422, 500) and "response_format" in body and "response_format" in text:
+            # The server does not take this response_format: ask once more without, and keep it off. The second
+            # request shares the attempt's deadline, so an attempt never takes longer than timeout_s.
+            self.response_format_supported = False
+            body.pop("response_format")
+            t0 = time.perf_counter()
+            r = self._exchange("POST", url, deadline, limit, headers, body)
+            text = self.scrub(r.body.decode("utf-8", errors="replace"))
         latency = time.perf_counter() - t0
-        if r.status_code != 200:
-            msg = f"HTTP {r.status_code}: {one_line(r.text, 200)}"
-            raise (_Retryable if r.status_code in RETRY_STATUSES else _Fatal)(msg)
+        if r.status != 200:
+            msg = f"HTTP {r.status}: {_excerpt(text)}"
+            if r.status not in RETRY_STATUSES:
+                raise _Fatal(msg)
+            wait = retry_after_seconds(r.headers.get("retry-after")) if r.status in (429, 503) else None
+            raise _Retryable(msg, retry_after=wait)
         try:
-            data = r.json()
+            data = json.loads(r.body)
             choice = data["choices"][0]
-            text = choice["message"]["content"]
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable(f"malformed response: {one_line(r.text, 200)}") from None
-        if not isinstance(text, str) or not text.strip():
-            raise _Retryable(f"empty content (finish_reason={choice.get('finish_reason')!r})")
-        usage = data.get("usage") or {}
+            kind = r.headers.get("content-type") or "no content-type"
+            raise _Retryable(f"malformed response ({one_line(kind, 60)}): {_excerpt(text)}") from None
+        if not isinstance(content, str) or not content.strip():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            raise _Retryable(f"empty content (finish_reason={reason!r})")
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         return Completion(
-            text=text,
+            text=content,
             latency_s=latency,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
@@ -287,9 +390,26 @@ class LLMClient:
             finish_reason=choice.get("finish_reason"),
         )
 
-    @staticmethod
-    def _scrub(message: str, key: str | None) -> str:
-        message = one_line(message, 500)
-        if key:
-            message = message.replace(key, "***")
-        return message
+    def check(self) -> str | None:
+        """A cheap start-up check: None if the endpoint answers, else a one-line reason why not.
+
+        LLMError (one line) when `llm.api_key_env` names an unset variable. Otherwise one ``GET {base_url}/models``
+        within min(timeout_s, 10) s: any HTTP status below 500 counts as an answer (some servers have no /models,
+        and a 401 still proves the server is there); never raises for an unreachable or failing endpoint.
+        """
+        key = self._api_key()
+        url = f"{self.base_url}/models"
+        limit = min(self.cfg.timeout_s, CHECK_TIMEOUT_S)
+        try:
+            r = exchange(self._http, "GET", url, deadline=time.monotonic() + limit, headers=self._headers(key),
+                         read_body=False)  # fmt: skip
+        except Unreachable as e:
+            detail = str(e).removeprefix("cannot connect").strip(" ()") or "no connection"
+            return self._message(f"cannot connect to {self.base_url} ({detail})")
+        except Deadline:
+            return self._message(f"no answer from {url} within {limit:g} s")
+        except ExchangeFailed as e:
+            return self._message(f"{url}: {e}")
+        if r.status >= 500:
+            return self._message(f"{url} answered HTTP {r.status}")
+        return None

@@ -48,7 +48,33 @@ def prompt_budget(llm: Any) -> int:
 def llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
              fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
     """Ask `llm` for a configuration: (params or None, the turn record). Never raises for an LLM or reply
-    failure: params is None and turn["fallback"] says why."""
+    failure: params is None and turn["fallback"] says why. Every text in the record has passed through
+    `llm.scrub` (the API key replaced by ***) when the client has one: the record is stored in the journal."""
+    params, turn = _llm_turn(llm, kind, messages, space, fallback, fallback_label)
+    return params, _scrubbed(llm, turn)
+
+
+def _scrubbed(llm: Any, turn: dict) -> dict:
+    scrub = getattr(llm, "scrub", None)
+    if not callable(scrub):
+        return turn
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(clean(v) for v in value)
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    return {key: clean(value) for key, value in turn.items()}
+
+
+def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
+              fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
     turn: dict[str, Any] = {
         "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
         "repairs": [], "fallback": None, "latency_s": None, "prompt_tokens": None, "completion_tokens": None,
