@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from hydra.errors import CompactHydraException, HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "hydra_configs"
@@ -147,9 +147,13 @@ def hydra_main(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     _where.update(run_dir=str(run_dir), **({"sweep_dir": hydra_cfg.sweep.dir} if multirun else {}))
     try:
+        try:
+            study_cfg = OmegaConf.to_object(cfg)
+        except MissingMandatoryValue as e:  # `key=???`, or a required key no config gave a value
+            raise StudyError(f"missing value for {e.full_key}: give it one (e.g. {e.full_key}=VALUE)") from None
         if conflict := overridden_by_space(list(hydra_cfg.overrides.task), Space.from_config(cfg.space)):
             raise StudyError(conflict)
-        summary = Study(OmegaConf.to_object(cfg), run_dir).run()
+        summary = Study(study_cfg, run_dir).run()
     except (StudyError, SpaceError, ConfigError, DataError, JournalError, LLMError, ValueError) as e:
         if multirun:
             # Logged to the console and the job's own log, since Hydra re-raises only the grid's first failure;

@@ -1,4 +1,5 @@
-"""The study's configuration: the Hydra structured-config schema behind hydra_configs/config.yaml."""
+"""The study's configuration: the Hydra structured-config schema behind hydra_configs/config.yaml, and the range
+of each of the study's own settings (`STUDY_RULES`, checked by `check_study_settings`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from jaxhpo.llm.client import LLMConfig
+from jaxhpo.llm.client import LLMConfig, check_llm_config
 from jaxhpo.space import SpaceConfig
 from jaxhpo.trial import TrialConfig
-from model.config import ModelConfig
+from jaxhpo.workers import EXECUTORS
+from model.config import (
+    FIELD_RULES,
+    POSITIVE_INT,
+    ModelConfig,
+    Rule,
+    at_least,
+    get_field,
+    non_negative,
+    one_of,
+    optional,
+    positive,
+)
 from model.data import DataConfig
 from model.optim import OptimConfig
 
@@ -26,12 +39,14 @@ class MethodConfig:
 
 @dataclass
 class StudySettings:
-    """When a study stops (after max_trials trials or once the summed trial wall time reaches budget_s), and
-    how many trials run at once."""
+    """When a study stops (after max_trials trials, once the summed trial wall time reaches budget_s, or when
+    trials keep being refused for one reason), and how many trials run at once."""
 
     max_trials: int = 20
     budget_s: Optional[float] = 900.0  # summed trial wall time, the original study's rule; None = no limit
     workers: int = 1  # trials running at once, each on its own GPU or share of the CPU cores (jaxhpo.workers)
+    # Stop once this many trials in a row were refused for the same reason (jaxhpo.study); 0 or None = never.
+    max_consecutive_refusals: Optional[int] = 5
 
 
 @dataclass
@@ -50,3 +65,41 @@ class StudyConfig:
 
 
 ConfigStore.instance().store(name="study_schema", node=StudyConfig)
+
+
+def _submitit_knows(cluster: str) -> bool:
+    from submitit.core.plugins import get_executors  # imported only to check a cluster someone named
+
+    return cluster in get_executors()
+
+
+# The study's own settings, each field's range; the trainer's rules for the trial.* values every trial takes.
+STUDY_RULES: dict[str, Rule] = {
+    "study.max_trials": at_least(1),
+    "study.budget_s": optional(positive(" seconds"), "for no budget"),
+    "study.workers": at_least(1),
+    "study.max_consecutive_refusals": optional(non_negative(" trials"), "to never stop (as 0 does)"),
+    "trial.time_budget_s": FIELD_RULES["time_budget_s"],
+    "trial.memory_limit_gb": FIELD_RULES["memory_limit_gb"],
+    "trial.timeout_s": optional(positive(" seconds"), "for automatic"),
+    "trial.compute_dtype": FIELD_RULES["compute_dtype"],
+    "trial.executor": one_of(EXECUTORS),
+    "trial.submitit.cluster": optional(
+        Rule(_submitit_knows, "choose a cluster submitit knows, e.g. slurm or local", "pbs"),
+        "for slurm where sbatch exists, else local",
+    ),
+    "trial.submitit.gpus_per_job": non_negative(),
+    "trial.submitit.cpus_per_job": POSITIVE_INT,
+    "trial.submitit.mem_gb": optional(positive(), "for the cluster's default"),
+    "seed": FIELD_RULES["seed"],
+}
+
+
+def check_study_settings(cfg: StudyConfig) -> None:
+    """Refuse the study's own settings out of range (STUDY_RULES) and invalid llm.* values, whatever the method:
+    ConfigError or LLMError, one line naming the key. The trainer's settings are checked against the space by
+    `jaxhpo.study.Study`."""
+    for key, rule in STUDY_RULES.items():
+        rule.check(key, get_field(cfg, key))
+    check_llm_config(cfg.llm)
+

@@ -10,7 +10,6 @@ import json
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence

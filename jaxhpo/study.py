@@ -18,21 +18,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from jaxhpo.config import StudyConfig
+from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
+from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
-from jaxhpo.trial import Outcome, check_space_keys, refused, trial_config
+from jaxhpo.trial import Outcome, check_space_keys, check_space_values, refused, trial_config
 from jaxhpo.workers import WorkerPool
-from model.config import TrainConfig
+from model.config import ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
 
@@ -40,29 +42,14 @@ class StudyError(ValueError):
     """A study that cannot start or resume; the message is one line."""
 
 
-def validate_study(cfg: StudyConfig) -> None:
-    """Refuse settings that make no sense, with one line naming the key."""
-    checks = [
-        (cfg.study.max_trials >= 1, "study.max_trials", cfg.study.max_trials, "must be at least 1"),
-        (cfg.study.budget_s is None or cfg.study.budget_s > 0, "study.budget_s", cfg.study.budget_s,
-         "must be > 0 seconds, or null for no budget"),
-        (cfg.trial.time_budget_s > 0, "trial.time_budget_s", cfg.trial.time_budget_s, "must be > 0 seconds"),
-        (cfg.trial.memory_limit_gb is None or cfg.trial.memory_limit_gb > 0, "trial.memory_limit_gb",
-         cfg.trial.memory_limit_gb, "must be > 0, or null for no limit"),
-        (cfg.trial.timeout_s is None or cfg.trial.timeout_s > 0, "trial.timeout_s", cfg.trial.timeout_s,
-         "must be > 0 seconds, or null for automatic"),
-        (cfg.study.workers >= 1, "study.workers", cfg.study.workers, "must be at least 1"),
-    ]
-    for ok, key, value, why in checks:
-        if not ok:
-            raise StudyError(f"invalid {key}={value!r}: {why}")
-
-
 class Study:
     """A study bound to its run folder: `Study(cfg, run_dir).run()`."""
 
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, console: Console | None = None):
-        validate_study(cfg)
+        try:
+            check_study_settings(cfg)
+        except (ConfigError, LLMError) as e:
+            raise StudyError(str(e)) from None
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.trial = dataclasses.replace(
             cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
@@ -70,14 +57,28 @@ class Study:
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
         self.space = Space.from_config(cfg.space)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
-        check_space_keys(self.space, self.base)
+        self._check_base()
         self.method = cfg.method.name
         self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, **cfg.method.options)
         self._warned_fallback = False
 
+    def _check_base(self) -> None:
+        """Refuse a space or base configuration that would fail trial after trial, before the proposer is built
+        (CMA-ES takes seconds) and before anything is written: a space value its trainer key does not accept, a
+        base value outside its field's range (even one the space overrides: the journal records it), and a
+        default configuration the trainer refuses."""
+        check_space_keys(self.space, self.base)
+        check_space_values(self.space, self.base)
+        try:
+            check_fields(self.base)
+            trial_config(self.base, self.space, self.space.default(), self.trial)
+        except ValueError as e:  # ConfigError, or OmegaConf's type error
+            raise StudyError(str(e).splitlines()[0]) from None
+
     def run(self) -> dict:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_trials_are_journaled()
         with (
             WorkerPool(self.cfg.study.workers, self.trial, self.run_dir) as pool,
             Journal(self.run_dir / JOURNAL_FILE) as journal,
@@ -95,13 +96,19 @@ class Study:
                 )
             # Tokenizer and token shards are built once here, not inside the first trial's time.
             load_corpus(self.cfg.data, self.cfg.model.vocab_size)
-            self._loop(pool, journal, history, interrupted)
+            try:
+                self._loop(pool, journal, history, interrupted)
+                stopped = None
+            except StudyError as e:  # stopped by refusals: what ran is still summarized
+                stopped = e
             turns = journal.llm_turns()
         summary = summarize(history, method=self.method, space_id=self.space.space_id, seed=self.cfg.seed,
                             budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if history:
             plot_convergence({self.method: [history]}, self.run_dir / "convergence.png")
+        if stopped is not None:
+            raise stopped
         return summary
 
     @contextlib.contextmanager
@@ -114,6 +121,13 @@ class Study:
         with contextlib.ExitStack() as stack:
             with self.console.status("starting the LLM…"):
                 client = stack.enter_context(llm_session(self.cfg.llm, log_path=self.run_dir / "llm_server.log"))
+            # One cheap request now, not a surprise after the warm-up trials: a missing key stops the study here
+            # (LLMError); an endpoint that does not answer is a warning, its turns fall back to classical proposals.
+            if trouble := client.check():
+                self.console.print(
+                    f"[yellow]warning:[/yellow] the LLM endpoint does not answer ({trouble}); LLM turns will fall "
+                    "back to the classical proposal until it does", highlight=False,
+                )
             self.proposer.llm = client
             self.console.print(f"LLM {self.cfg.llm.model} ready in {client.startup_seconds:.1f}s")
             yield client.startup_seconds
@@ -127,6 +141,19 @@ class Study:
         flat.update({"trial.time_budget_s": trial.time_budget_s, "trial.memory_limit_gb": trial.memory_limit_gb,
                      "trial.compute_dtype": trial.compute_dtype})  # fmt: skip
         return flat
+
+    def _check_trials_are_journaled(self) -> None:
+        """Refuse a folder with trial folders but no journal, or a 0-byte one: a journal lost or emptied would
+        otherwise start a new study over the old trials (and rerun them into the same folders). Checked before
+        the journal is opened, which would turn an empty file into a new journal."""
+        path = self.run_dir / JOURNAL_FILE
+        old = sorted(d.name for d in (self.run_dir / "trials").glob("*") if d.is_dir())
+        if old and (not path.exists() or path.stat().st_size == 0):
+            state = "is empty (0 bytes)" if path.exists() else "is missing"
+            raise StudyError(
+                f"{self.run_dir} holds {len(old)} trial folder(s) ({old[0]}, …) but its journal {state}; restore "
+                f"{path.name}, or give this study a new folder (hydra.run.dir)"
+            )
 
     def _check_same_study(self, journal: Journal) -> None:
         info = {"method": self.method, "space_id": self.space.space_id, "seed": self.cfg.seed}
@@ -155,9 +182,10 @@ class Study:
         """Keep every free worker busy until no more trials may start, then wait for the running ones."""
         running: dict[int, PendingTrial] = {}
         rerun = {p.number for p in interrupted}  # already journaled as pending
+        stop = self._refusal_stop(history)  # a resumed study that had stopped stops again at once
         with self.console.status("") as status:
             while True:
-                while pool.free and (interrupted or not self._done(history, running)):
+                while pool.free and not stop and (interrupted or not self._done(history, running)):
                     if interrupted:
                         trial = interrupted.pop(0)
                     else:
@@ -168,6 +196,7 @@ class Study:
                         train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.trial)
                     except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: never run
                         self._finish(journal, trial, refused(str(e).splitlines()[0], time.time()), history)
+                        stop = self._refusal_stop(history)  # refusals cost no time: the budget never ends them
                         continue
                     if repairs:
                         trial.meta["repairs"] = repairs
@@ -181,10 +210,28 @@ class Study:
                     running[trial.number] = trial
                     status.update(self._running_text(running))
                 if not running:
+                    if stop:
+                        raise StudyError(stop)
                     return
                 for number, outcome in pool.wait():
                     self._finish(journal, running.pop(number), outcome, history)
                 status.update(self._running_text(running))
+
+    def _refusal_stop(self, history: list[TrialRecord]) -> str | None:
+        """Why the study must stop, once the last `study.max_consecutive_refusals` finished trials were all refused
+        for the same reason (see `_refusal_reason`); None until then. Trials count in the order they finished, those
+        read back on resume included; trials still running finish first."""
+        limit = self.cfg.study.max_consecutive_refusals
+        if not limit or len(history) < limit:
+            return None
+        last = history[-limit:]
+        reasons = {_refusal_reason(t) for t in last}
+        if len(reasons) != 1 or None in reasons:
+            return None
+        return (
+            f"stopped after {limit} consecutive trials were refused for the same reason: "
+            f"{last[-1].error.removeprefix(_REFUSED)}; fix the space or the base configuration"
+        )
 
     def _done(self, history: list[TrialRecord], running: dict) -> bool:
         """No further trial may start: max_trials started, or the budget spent by the finished ones."""
@@ -248,6 +295,20 @@ class Study:
         if record.error:
             line += f"  [dim]{record.error[:80]}[/dim]"
         self.console.print(line, highlight=False)
+
+
+_REFUSED = "refused: "  # how jaxhpo.trial.refused marks the error of a trial that never ran
+
+
+def _refusal_reason(record: TrialRecord) -> str | None:
+    """What a refused trial's error says with its values left out, None for a trial that was not refused.
+
+    The text up to the first "=" (the key, in the trainer's "invalid KEY=VALUE: why"), digits masked: the refusals
+    "invalid model.head_dim=48: must divide the model width 192" and "invalid model.head_dim=96: ... 320" have one
+    reason, whatever the values, while one of model.eval_tokens has another."""
+    if record.status != "crashed" or not (record.error or "").startswith(_REFUSED):
+        return None
+    return re.sub(r"\d+", "#", record.error.split("=", 1)[0])
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

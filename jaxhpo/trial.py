@@ -23,13 +23,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import OmegaConf
 
 from jaxhpo import lifeline
 from jaxhpo.space import Space, SpaceError
-from model.config import TrainConfig, load_config, validate
+from model.config import FIELD_RULES, TrainConfig, load_config, validate
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
@@ -97,6 +97,48 @@ def check_space_keys(space: Space, base: TrainConfig) -> None:
                 f"space parameter {p.name} sets unknown trainer key {p.key!r}; use a key such as "
                 "model.depth or optim.matrix_lr"
             )
+
+
+def check_space_values(space: Space, base: TrainConfig) -> None:
+    """Refuse a space parameter that can take a value its trainer key does not accept, before any trial runs: of
+    the key's type (OmegaConf converts as a trial's override does: the choice "64" is the integer 64) and within
+    the key's own range (FIELD_RULES). Ranges are checked at low, high and the default, categoricals at every
+    choice. Rules between keys are not: a HEAD_DIM that does not divide some width refuses that trial only."""
+    cfg = OmegaConf.structured(base)
+    for p in space.params:
+        values = [(f"choice {c!r}", c) for c in p.choices] or [
+            (f"{end}={v!r}", v) for end, v in (("low", p.low), ("high", p.high), ("default", p.default))
+        ]
+        rule = FIELD_RULES.get(p.key)
+        for what, value in values:
+            try:
+                OmegaConf.update(cfg, p.key, value)
+            except ValueError:  # OmegaConf's ValidationError: a value of another type
+                raise SpaceError(
+                    f"space parameter {p.name}: {what} is not a valid {p.key} ({_type_name(_field_type(p.key))})"
+                ) from None
+            converted = OmegaConf.select(cfg, p.key)
+            if rule is not None and not rule.allows(converted):
+                raise SpaceError(f"space parameter {p.name}: {what} is not a valid {p.key}: {rule.why}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a mapping"}  # fmt: skip
+
+
+def _field_type(key: str) -> Any:
+    """The annotated type of a dotted TrainConfig key, e.g. Optional[int] for model.width."""
+    kind: Any = TrainConfig
+    for name in key.split("."):
+        kind = get_type_hints(kind)[name]
+    return kind
+
+
+def _type_name(kind: Any) -> str:
+    args = get_args(kind)
+    if type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
+    return _TYPE_NAMES.get(get_origin(kind) or kind, getattr(kind, "__name__", str(kind)))
 
 
 def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialConfig) -> tuple[TrainConfig, list[str]]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from model.data import DataConfig
+from model.data import MIN_VOCAB_SIZE, DataConfig
 from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig
 from model.optim import OptimConfig
 
@@ -64,25 +65,123 @@ def _require(ok: bool, key: str, value, why: str) -> None:
         raise ConfigError(f"invalid {key}={value!r}: {why}")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One field's own range: `ok(value)` says whether a value is in it, `why` how to pick one that is, and
+    `bad_example` is a value it refuses (what the tests feed it)."""
+
+    ok: Callable[[Any], bool]
+    why: str
+    bad_example: Any
+
+    def allows(self, value: Any) -> bool:
+        """Whether `value` is in range."""
+        try:
+            return bool(self.ok(value))
+        except TypeError:  # a value of another type (None, a string for a number) is out of range, not a crash
+            return False
+
+    def check(self, key: str, value: Any) -> None:
+        """Raise a one-line ConfigError naming `key` unless `value` is in range."""
+        _require(self.allows(value), key, value, self.why)
+
+
+def at_least(n: int, why: str | None = None) -> Rule:
+    """An integer n or more."""
+    return Rule(lambda v: v >= n, why or f"must be at least {n}", n - 1)
+
+
+def positive(unit: str = "") -> Rule:
+    """A number above 0 (in `unit`, e.g. " seconds")."""
+    return Rule(lambda v: v > 0, f"must be > 0{unit}", 0)
+
+
+def non_negative(unit: str = "") -> Rule:
+    """A number of at least 0."""
+    return Rule(lambda v: v >= 0, f"must be >= 0{unit}", -1)
+
+
+def interval(low: float, high: float, open_low: bool = False, open_high: bool = False) -> Rule:
+    """A number between low and high, each end included unless open."""
+    why = f"must be in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    ok = lambda v: (low < v if open_low else low <= v) and (v < high if open_high else v <= high)  # noqa: E731
+    return Rule(ok, why, low if open_low else low - 0.5)
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    """One of a fixed set of names."""
+    return Rule(lambda v: v in choices, f"choose one of: {', '.join(choices)}", "other")
+
+
+def optional(rule: Rule, null_means: str) -> Rule:
+    """`rule`, or null (None), which means what `null_means` says, e.g. "for no limit"."""
+    return Rule(lambda v: v is None or rule.ok(v), f"{rule.why}, or null {null_means}", rule.bad_example)
+
+
+POSITIVE_INT = at_least(1, "must be a positive integer")
+DATA_SOURCES = ("pystdlib", "parquet")
+_WIDTH_WHY = f"must be at least {VE_GATE_CHANNELS} (the value-embedding gate reads that many channels)"
+
+# Each field's own range, by its key in TrainConfig. What involves several fields is checked in `validate`; a
+# field listed nowhere has no range to keep (a bool, a path, a list of file patterns).
+FIELD_RULES: dict[str, Rule] = {
+    "model.depth": POSITIVE_INT,
+    "model.aspect_ratio": POSITIVE_INT,
+    "model.head_dim": Rule(lambda v: v >= 2 and v % 2 == 0,
+                           "must be a positive even integer (rotary embeddings rotate pairs of channels)", 3),
+    "model.window_pattern": Rule(
+        lambda v: len(v) > 0 and set(v.upper()) <= WINDOW_LETTERS,
+        "use only the letters S (half-context window) and L (full context), e.g. SSSL", "SXL",
+    ),
+    "model.seq_len": at_least(2),  # S layers look back seq_len // 2 tokens: at least one
+    "model.vocab_size": at_least(MIN_VOCAB_SIZE, f"must be at least {MIN_VOCAB_SIZE} (256 bytes + the specials)"),
+    "model.width": optional(at_least(VE_GATE_CHANNELS, _WIDTH_WHY), "for depth × aspect_ratio"),
+    "model.device_batch_size": POSITIVE_INT,
+    "model.total_batch_size": POSITIVE_INT,
+    "model.eval_tokens": POSITIVE_INT,
+    "model.eval_batch_size": POSITIVE_INT,
+    **{f"optim.{k}": non_negative() for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr",
+                                               "weight_decay")},  # fmt: skip
+    "optim.warmup_ratio": interval(0, 1),
+    "optim.warmdown_ratio": interval(0, 1, open_low=True),
+    "optim.final_lr_frac": interval(0, 1),
+    "data.source": one_of(DATA_SOURCES),
+    "data.text_column": Rule(lambda v: len(v) > 0, "must be a non-empty column name", ""),
+    "data.val_fraction": interval(0, 1, open_low=True, open_high=True),  # both splits need text
+    "data.max_train_bytes": optional(POSITIVE_INT, "for all the text"),
+    "time_budget_s": positive(" seconds"),
+    "max_steps": optional(POSITIVE_INT, "to stop on the time budget"),
+    "seed": Rule(lambda v: 0 <= v < 2**32, "must be an integer in [0, 2**32)", -1),  # numpy's and JAX's seeds
+    "compute_dtype": one_of(DTYPES),
+    "memory_fraction": interval(0, 1, open_low=True),
+    "memory_limit_gb": optional(positive(), "for no limit"),
+    "log_every_s": non_negative(" seconds"),
+}
+
+
+def get_field(cfg: Any, key: str) -> Any:
+    """The value at a dotted key of nested dataclasses, e.g. get_field(cfg, "model.depth")."""
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def check_fields(cfg: TrainConfig) -> None:
+    """Refuse a field outside its own range (FIELD_RULES), with one line naming the key."""
+    for key, rule in FIELD_RULES.items():
+        rule.check(key, get_field(cfg, key))
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Refuse a configuration that cannot train, with one line naming the key and the fix."""
-    m, o = cfg.model, cfg.optim
-    for key in ("depth", "aspect_ratio", "head_dim", "seq_len", "device_batch_size", "eval_batch_size"):
-        _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be a positive integer")
-    _require(m.head_dim % 2 == 0, "model.head_dim", m.head_dim, "rotary embeddings need an even head width")
+    """Refuse a configuration that cannot train, with one line naming the key and the fix: each field's own range
+    first, then the rules between fields."""
+    check_fields(cfg)
+    m = cfg.model
     width = m.model_dim
     _require(
         width % m.head_dim == 0, "model.head_dim", m.head_dim,
         f"must divide the model width {width}; pick a divisor or change model.width",
     )
-    _require(width >= VE_GATE_CHANNELS, "model.width", width, f"must be at least {VE_GATE_CHANNELS}")
-    pattern = m.window_pattern
-    _require(
-        len(pattern) > 0 and set(pattern.upper()) <= WINDOW_LETTERS, "model.window_pattern", pattern,
-        "use only the letters S (half-context window) and L (full context), e.g. SSSL",
-    )
-    _require(m.seq_len >= 2, "model.seq_len", m.seq_len, "must be at least 2")
-    _require(m.vocab_size >= 260, "model.vocab_size", m.vocab_size, "must be at least 260 (256 bytes + 4 specials)")
+    # depth × aspect_ratio can make a width that is too narrow even when model.width itself is unset
+    _require(width >= VE_GATE_CHANNELS, "model.width", width, _WIDTH_WHY)
     micro = m.device_batch_size * m.seq_len
     _require(
         m.total_batch_size >= micro and m.total_batch_size % micro == 0, "model.total_batch_size",
@@ -90,19 +189,6 @@ def validate(cfg: TrainConfig) -> None:
         f"must be a multiple of device_batch_size × seq_len = {micro}; try {max(1, m.total_batch_size // micro) * micro}",
     )
     _require(m.eval_tokens >= m.seq_len, "model.eval_tokens", m.eval_tokens, f"must be at least seq_len={m.seq_len}")
-    for key in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay"):
-        _require(getattr(o, key) >= 0, f"optim.{key}", getattr(o, key), "must be >= 0")
-    for key in ("warmup_ratio", "final_lr_frac"):
-        _require(0 <= getattr(o, key) <= 1, f"optim.{key}", getattr(o, key), "must be in [0, 1]")
-    _require(0 < o.warmdown_ratio <= 1, "optim.warmdown_ratio", o.warmdown_ratio, "must be in (0, 1]")
-    _require(cfg.time_budget_s > 0, "time_budget_s", cfg.time_budget_s, "must be > 0 seconds")
-    _require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps, "must be >= 1 or null")
-    _require(cfg.compute_dtype in DTYPES, "compute_dtype", cfg.compute_dtype, f"choose one of {', '.join(DTYPES)}")
-    _require(0 < cfg.memory_fraction <= 1, "memory_fraction", cfg.memory_fraction, "must be in (0, 1]")
-    _require(
-        cfg.memory_limit_gb is None or cfg.memory_limit_gb > 0, "memory_limit_gb", cfg.memory_limit_gb,
-        "must be > 0 or null",
-    )
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -76,7 +76,10 @@ def test_centaur_with_an_unreachable_llm_completes_on_cmaes_and_never_writes_the
     assert [t["trial_number"] for t in turns] == [1, 2]
     assert all(t["fallback"] for t in turns)
     assert [t.proposer for t in trials] == ["default", "llm→fallback", "llm→fallback"]
-    assert proc.stderr.count("warning:") == 1  # shown once, however many turns fall back
+    # said once at start-up, before any trial, and once at the first fallback, however many turns fall back
+    assert proc.stderr.count("warning: the LLM endpoint does not answer (cannot connect to") == 1
+    assert proc.stderr.index("does not answer") < proc.stderr.index("trial   0")
+    assert proc.stderr.count("warning:") == 2
     assert SECRET not in proc.stdout + proc.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():

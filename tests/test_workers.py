@@ -122,8 +122,8 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("trial.executor=slurm", "unknown trial.executor='slurm'"), ("study.workers=0", "study.workers=0"),
-        ("trial.executor=submitit trial.submitit.cluster=pbs", "unknown trial.submitit.cluster='pbs'"),
+        ("trial.executor=slurm", "invalid trial.executor='slurm'"), ("study.workers=0", "study.workers=0"),
+        ("trial.executor=submitit trial.submitit.cluster=pbs", "invalid trial.submitit.cluster='pbs'"),
     ],
 )
 def test_bad_worker_settings_get_one_line(override, needle, tmp_path):
