@@ -223,13 +223,16 @@ def learning_curve(name: str, seeds: int) -> tuple[float, float]:
 
 @pytest.mark.parametrize("name", LEARNERS)
 def test_learns_faster_than_random(name):
-    # 4 seeds of the proposer against 16 of random (cheap), for a steadier baseline. Measured when written:
-    # random best 1.059, failures 0.121; tpe 0.830 and 0.058; cmaes 0.798 and 0.075 (16 seeds of each:
-    # tpe 0.820 and 0.050, cmaes 0.782 and 0.035).
-    best, failed = learning_curve(name, 4)
+    # CMA-ES (float32 on XLA) and TPE (hyperopt on NumPy's SIMD exp/log) take other paths on another CPU, so the
+    # proposer's seeds are in effect fresh draws there; random search is NumPy's generator alone (the same
+    # everywhere). Per seed, best in 60 trials: random 1.04 ± 0.14, tpe 0.83 ± 0.15, cmaes 0.84 ± 0.15 (40 seeds
+    # each, on two CPUs for cmaes). A mean of 4 seeds missed 0.85 × random's about one run in five; 24 seeds
+    # against 0.9 × random miss about one in 5,000, and a learner no better than random (~1.04) still fails.
+    # (A CMA-ES that never updates its distribution: best 1.40.)
+    best, failed = learning_curve(name, 24)
     random_best, random_failed = learning_curve("random", 16)
     print(f"{name}: best {best:.3f} vs random {random_best:.3f}; failures {failed:.3f} vs random {random_failed:.3f}")
-    assert best < 0.85 * random_best, f"{name} best {best:.3f} is not clearly below random's {random_best:.3f}"
+    assert best < 0.9 * random_best, f"{name} best {best:.3f} is not clearly below random's {random_best:.3f}"
     assert failed < random_failed, f"{name} fails {failed:.3f} of its late trials, random {random_failed:.3f}"
 
 
