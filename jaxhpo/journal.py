@@ -266,16 +266,23 @@ def _llm_turn_row(number: int, turn: dict) -> tuple:
     return (number, *values.values())
 
 
+def low_on_space(folder: str | Path) -> int | None:
+    """The bytes left on `folder`'s file system when under 1 MiB (a disk as good as full), else None."""
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(folder)
+        free = stat.f_bavail * stat.f_frsize
+        if free < 1 << 20:
+            return free
+    return None
+
+
 def _why(e: Exception, path: Path) -> str:
     """An SQLite or OS error, saying "no space left on device" when that is the cause: SQLite reports a full disk
     as "database or disk is full" or only as "disk I/O error", depending on which write failed."""
     full = getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
     if full or getattr(e, "errno", None) == errno.ENOSPC:
-        with contextlib.suppress(OSError):
-            stat = os.statvfs(path.parent)
-            free = stat.f_bavail * stat.f_frsize
-            if free < 1 << 20:
-                return f"no space left on device ({free // 1024} KiB free in {path.parent}; {e})"
+        if (free := low_on_space(path.parent)) is not None:
+            return f"no space left on device ({free // 1024} KiB free in {path.parent}; {e})"
     return str(e)
 
 

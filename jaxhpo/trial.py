@@ -14,6 +14,7 @@ keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given some (`ja
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Optional, get_args, get_origin, get_type_hints
 from omegaconf import OmegaConf
 
 from jaxhpo import lifeline
+from jaxhpo.journal import low_on_space
 from jaxhpo.space import Space, SpaceError
 from model.config import FIELD_RULES, TrainConfig, load_config, validate
 
@@ -197,7 +199,13 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
         if returncode is None:
             _kill(proc)
     ended = time.time()
-    return _classify(trial_dir, returncode, timeout_s, started, ended)
+    outcome = _classify(trial_dir, returncode, timeout_s, started, ended)
+    if outcome.status != "ok" and (free := low_on_space(trial_dir)) is not None:
+        # A trainer that failed on a full disk says nothing about its configuration: no outcome, the trial stays
+        # pending, and the study stops (a resume runs it again once there is room).
+        raise OSError(errno.ENOSPC, f"No space left on device ({free // 1024} KiB free) while the trial ran",
+                      str(trial_dir))  # fmt: skip
+    return outcome
 
 
 def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None) -> int | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import json
 import math
 import os
@@ -156,10 +157,18 @@ class WorkerPool:
             return run_trial(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel)
         except TrialCancelled:
             raise
+        except OSError as e:
+            if e.errno == errno.ENOSPC:  # the machine's fault, not the trial's: stop the study, keep the trial pending
+                raise
+            return self._executor_failed(e, started)
         except Exception as e:  # a bug or an executor failure must cost one trial, never the study
-            now = time.time()
-            return Outcome("crashed", None, f"executor failed: {type(e).__name__}: {e}".splitlines()[0],
-                           now - started, started, now)  # fmt: skip
+            return self._executor_failed(e, started)
+
+    @staticmethod
+    def _executor_failed(e: Exception, started: float) -> Outcome:
+        now = time.time()
+        return Outcome("crashed", None, f"executor failed: {type(e).__name__}: {e}".splitlines()[0],
+                       now - started, started, now)  # fmt: skip
 
     def close(self) -> None:
         """Kill the trials still running and wait for their threads."""

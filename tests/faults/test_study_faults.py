@@ -265,3 +265,5 @@ def test_a_disk_that_fills_mid_study_stops_it_in_one_line_and_the_resume_loses_n
         after, pending = journal.trials(), journal.pending()
     assert [t.number for t in after] == [0, 1, 2] and pending == []
     assert after[0].status == "ok"  # trial 0, finished before the disk filled, kept as it was
+    # the trial the full disk broke was not blamed on its configuration: it stayed pending and ran again
+    assert not any("space" in (t.error or "") for t in after), [t.error for t in after]
