@@ -292,3 +292,35 @@ def test_refusals_stop_a_study_only_when_consecutive_and_for_one_reason(limit):
         assert stop is None  # 0 or null: never stop
     assert Study._refusal_stop(study, [*head_dim[:2], other]) is None  # another reason
     assert Study._refusal_stop(study, [head_dim[0], record(5, "oom", "oom"), *head_dim[1:]]) is None  # not in a row
+
+
+DUPLICATE_KEY_YAML = """name: dup
+params:
+  DEPTH: {type: int, key: model.depth, low: 1, high: 4, default: 2}
+  DEPTH: {type: int, key: model.depth, low: 1, high: 6, default: 2}
+"""
+BROKEN_YAML = """name: broken
+params: [
+  DEPTH: {type: int
+"""
+
+
+@pytest.mark.parametrize("space, extra, line", [
+    # a space file of the user's own, its --config-dir given after the overrides (argparse alone refuses that)
+    ("dup", [], "invalid YAML: {conf}/space/dup.yaml, line 4: found duplicate key DEPTH (while constructing a mapping)"),
+    ("broken", [], "invalid YAML: {conf}/space/broken.yaml, line 4: expected ',' or '}}', but got '<stream end>'"),
+    # a key the space sets on every trial: the override would be silently ignored
+    ("tiny", ["model.depth=-1"], "model.depth=-1 has no effect: space parameter DEPTH sets model.depth on every trial"),
+    ("tiny", ["optim.matrix_lr=0.01"], "optim.matrix_lr=0.01 has no effect: space parameter MATRIX_LR sets"),
+])  # fmt: skip
+def test_user_files_and_overrides_the_space_ignores_are_one_line(in_process, tmp_path, space, extra, line):
+    conf = tmp_path / "conf"
+    (conf / "space").mkdir(parents=True)
+    (conf / "space" / "dup.yaml").write_text(DUPLICATE_KEY_YAML)
+    (conf / "space" / "broken.yaml").write_text(BROKEN_YAML)
+    run_dir = tmp_path / "run"
+    code, stderr = in_process(["+method=random", f"space={space}", f"hydra.run.dir={run_dir}", *extra,
+                               "--config-dir", str(conf)])  # fmt: skip
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"error: {line.format(conf=conf)}"), stderr
+    assert not (run_dir / "journal.sqlite").exists()
