@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 
 from model.data import MIN_VOCAB_SIZE, DataConfig
 from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig
-from model.optim import OptimConfig
+from model.optim import MUON_VARIANTS, OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -145,6 +145,7 @@ FIELD_RULES: dict[str, Rule] = {
     "optim.warmup_ratio": interval(0, 1),
     "optim.warmdown_ratio": interval(0, 1, open_low=True),
     "optim.final_lr_frac": interval(0, 1),
+    "optim.muon": one_of(MUON_VARIANTS),
     "data.source": one_of(DATA_SOURCES),
     "data.text_column": Rule(lambda v: len(v) > 0, "must be a non-empty column name", ""),
     "data.val_fraction": interval(0, 1, open_low=True, open_high=True),  # both splits need text

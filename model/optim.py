@@ -1,7 +1,10 @@
 """autoresearch's optimizer, composed from optax pieces.
 
 Muon (orthogonalized Nesterov momentum, momentum ramped 0.85 -> 0.95 over the first 300 steps) for the 2-D
-matrices of the blocks, with cautious weight decay that decays linearly to 0 over the run; AdamW
+matrices of the blocks, its learning rate times sqrt(max(1, fan_out / fan_in)), with cautious weight decay at that
+same learning rate that decays linearly to 0 over the run; `muon="autoresearch"` (the default) orthogonalizes
+with Polar Express and normalizes rows with NorMuon as autoresearch does (model.muon), `muon="optax"` with optax's
+Newton-Schulz Muon (`optax.contrib.scale_by_muon`, one fixed set of coefficients, no row normalization). AdamW
 (betas 0.8, 0.95) for the embeddings, unembedding, value embeddings and per-layer scalars, their learning
 rates scaled by (model_dim / 768) ** -0.5. One learning-rate multiplier, a function of the fraction of the
 *time* budget used, scales every group: warmup, flat, warmdown to FINAL_LR_FRAC.
@@ -16,9 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from model.muon import scale_by_normuon, scale_by_polar_express
 
 ADAM_BETAS = (0.8, 0.95)
 X0_ADAM_BETAS = (0.96, 0.95)  # autoresearch gives the x0 mixing scalars a slower first moment
@@ -26,11 +33,12 @@ ADAM_EPS = 1e-10
 RESID_SCALAR_LR_FACTOR = 0.01  # resid_lambdas learn at 1 % of SCALAR_LR in autoresearch
 MUON_MOMENTUM_START, MUON_MOMENTUM_END, MUON_MOMENTUM_STEPS = 0.85, 0.95, 300
 REFERENCE_WIDTH = 768  # AdamW learning rates were tuned at this width
+MUON_VARIANTS = ("autoresearch", "optax")
 
 
 @dataclass
 class OptimConfig:
-    """The optimizer's eight hyperparameters (autoresearch's defaults)."""
+    """The optimizer's eight hyperparameters (autoresearch's defaults), and which Muon runs."""
 
     embedding_lr: float = 0.6
     unembedding_lr: float = 0.004
@@ -40,6 +48,7 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     warmdown_ratio: float = 0.5
     final_lr_frac: float = 0.0
+    muon: str = "autoresearch"  # autoresearch: Polar Express + NorMuon; optax: optax's Newton-Schulz Muon
 
 
 class ScheduleState(NamedTuple):
@@ -61,12 +70,13 @@ def lr_multiplier(progress, warmup_ratio, warmdown_ratio, final_lr_frac):
 
 
 def scale_by_time_schedule(
-    peak_lr: float, cfg: OptimConfig, weight_decay: float = 0.0
+    peak_lr: float, cfg: OptimConfig, weight_decay: float = 0.0, lr_scale: Callable[[jax.Array], float] | None = None
 ) -> optax.GradientTransformationExtraArgs:
-    """Apply -lr(progress) × (update + cautious decoupled weight decay(progress)).
+    """Apply -lr(progress) × lr_scale(param) × (update + cautious decoupled weight decay(progress)).
 
     The weight decay decays linearly to 0 over the run and is "cautious": it only acts on coordinates where
-    the update and the parameter agree in sign, as in autoresearch's Muon.
+    the update and the parameter agree in sign, as in autoresearch's Muon. `lr_scale` (a function of the
+    parameter's shape) scales the update and the decay alike, as autoresearch folds it into the learning rate.
     """
 
     def init_fn(params):
@@ -83,7 +93,8 @@ def scale_by_time_schedule(
 
         def step(u, p):
             decay = wd * p * (u * p >= 0)
-            return (-lr * (u + decay)).astype(u.dtype)
+            scale = lr_scale(p) if lr_scale is not None else 1.0
+            return (-lr * scale * (u + decay)).astype(u.dtype)
 
         return jax.tree.map(step, updates, params), state
 
@@ -96,10 +107,10 @@ def muon_momentum(count):
     return (1.0 - frac) * MUON_MOMENTUM_START + frac * MUON_MOMENTUM_END
 
 
-def _scale_by_aspect():
-    # Muon's orthogonalized update has unit spectral norm; tall matrices get sqrt(fan_out / fan_in) more
-    # (flax kernels are (fan_in, fan_out)).
-    return optax.stateless(lambda u, p: jax.tree.map(lambda x: x * max(1.0, x.shape[1] / x.shape[0]) ** 0.5, u))
+def aspect_scale(p: jax.Array) -> float:
+    """Muon's learning-rate factor: its orthogonalized update has unit spectral norm, and matrices with more
+    outputs than inputs get sqrt(fan_out / fan_in) more (flax kernels are (fan_in, fan_out))."""
+    return max(1.0, p.shape[1] / p.shape[0]) ** 0.5
 
 
 def _kernel_dims(updates):
@@ -135,12 +146,20 @@ def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransform
     def adam(lr, betas=ADAM_BETAS):
         return optax.chain(optax.scale_by_adam(*betas, eps=ADAM_EPS), scale_by_time_schedule(lr, cfg))
 
-    muon = optax.chain(
-        optax.inject_hyperparams(optax.contrib.scale_by_muon, static_args=("weight_dimension_numbers",))(
+    if cfg.muon == "autoresearch":
+        direction = optax.chain(
+            optax.inject_hyperparams(optax.trace, static_args=("nesterov",))(decay=muon_momentum, nesterov=True),
+            scale_by_polar_express(),
+            scale_by_normuon(),
+        )
+    elif cfg.muon == "optax":
+        direction = optax.inject_hyperparams(optax.contrib.scale_by_muon, static_args=("weight_dimension_numbers",))(
             beta=muon_momentum, weight_dimension_numbers=_kernel_dims
-        ),
-        _scale_by_aspect(),
-        scale_by_time_schedule(cfg.matrix_lr, cfg, weight_decay=cfg.weight_decay),
+        )
+    else:
+        raise ValueError(f"unknown optim.muon={cfg.muon!r}; choose one of: {', '.join(MUON_VARIANTS)}")
+    muon = optax.chain(
+        direction, scale_by_time_schedule(cfg.matrix_lr, cfg, weight_decay=cfg.weight_decay, lr_scale=aspect_scale)
     )
     groups = {
         "matrix": muon,

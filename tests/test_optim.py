@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -81,3 +82,43 @@ def test_hyperparameter_values_do_not_change_the_compiled_program():
 
     other = OptimConfig(embedding_lr=1.1, matrix_lr=0.01, weight_decay=0.0, warmup_ratio=0.2, final_lr_frac=0.1)
     assert hlo(OptimConfig()) == hlo(other)
+
+
+@pytest.mark.parametrize("muon", ["autoresearch", "optax"])
+def test_one_step_is_autoresearchs_formula_for_every_group(muon):
+    # Hand-computed from autoresearch's setup_optimizer and its fused AdamW / Muon steps, at a point of the run
+    # where warmdown and weight decay are both partway (progress 0.7 of a 0.5 warmdown to 10 %).
+    from optax.contrib import scale_by_muon
+
+    from model.optim import muon_momentum
+    from tests.test_muon import ref_normuon, ref_polar_express
+
+    cfg = OptimConfig(weight_decay=0.3, final_lr_frac=0.1, muon=muon)
+    progress = 0.7
+    lrm = (1 - progress) / 0.5 * 1 + (1 - (1 - progress) / 0.5) * 0.1
+    wd = cfg.weight_decay * (1 - progress)
+    _, params = nnx.split(GPT(CFG, rngs=nnx.Rngs(0)), nnx.Param)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    tx = build_optimizer(cfg, CFG.model_dim)
+    updates, _ = tx.update(grads, tx.init(params), params, progress=jnp.float32(progress))
+    got = dict(zip([jax.tree_util.keystr(k) for k, _ in leaves], jax.tree.leaves(updates)))
+    labels = labelled()
+    width_scale = (CFG.model_dim / 768) ** -0.5
+    adam_lr = {"embedding": cfg.embedding_lr * width_scale, "unembedding": cfg.unembedding_lr * width_scale,
+               "resid_scalar": cfg.scalar_lr * 0.01, "x0_scalar": cfg.scalar_lr}  # fmt: skip
+    for (path, p), g in zip(leaves, jax.tree.leaves(grads)):
+        key, p, g = jax.tree_util.keystr(path), np.asarray(p, np.float64), np.asarray(g, np.float64)
+        if labels[key] == "matrix":
+            if muon == "autoresearch":  # momentum direction ∝ g at step 1, then Polar Express and NorMuon
+                direction = ref_normuon(ref_polar_express(g.T), None)[0].T
+            else:  # optax's Muon, the library's own output
+                muon_tx = scale_by_muon(beta=float(muon_momentum(0)),
+                                        weight_dimension_numbers=optax.contrib.MuonDimensionNumbers(0, 1))  # fmt: skip
+                direction = np.asarray(muon_tx.update(g.astype(np.float32), muon_tx.init(g))[0], np.float64)
+            lr = cfg.matrix_lr * lrm * max(1.0, p.shape[1] / p.shape[0]) ** 0.5  # (in, out): out/in = rows/cols
+            expected = -(lr * direction + lr * wd * p * (direction * p >= 0))  # the decay at the same lr
+        else:  # AdamW's first step: bias-corrected moments are g and g², no weight decay
+            expected = -adam_lr[labels[key]] * lrm * g / (np.abs(g) + 1e-10)
+        np.testing.assert_allclose(np.asarray(got[key]), expected, rtol=2e-4, atol=1e-7, err_msg=key)
