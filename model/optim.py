@@ -17,9 +17,7 @@ The time progress in [0, 1] reaches the optimizer as an extra argument: `tx.upda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
-
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
