@@ -41,6 +41,10 @@ from model.config import ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
 
+# Trainer settings added after studies were journaled, with the value those studies' trials ran with.
+TRAINER_KEYS_ADDED = {"optim.muon": "optax", "data.pretokenizer": "bytelevel"}
+
+
 class StudyError(ValueError):
     """A study that cannot start or resume; the message is one line."""
 
@@ -164,6 +168,8 @@ class Study:
         clash = [(k, stored[k], v) for k, v in info.items() if k in stored and stored[k] != v]
         trainer = self.trainer_settings()
         stored_trainer = stored.get("trainer", trainer)  # journals before this check have none: accept them
+        if "trainer" in stored:  # a key added since the journal was written had the value it has there
+            stored_trainer = {**TRAINER_KEYS_ADDED, **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
         if clash:
             k, was, now = clash[0]

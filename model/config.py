@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from model.data import MIN_VOCAB_SIZE, DataConfig
+from model.data import MIN_VOCAB_SIZE, PRETOKENIZERS, DataConfig
 from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig
 from model.optim import MUON_VARIANTS, OptimConfig
 
@@ -147,6 +147,7 @@ FIELD_RULES: dict[str, Rule] = {
     "optim.final_lr_frac": interval(0, 1),
     "optim.muon": one_of(MUON_VARIANTS),
     "data.source": one_of(DATA_SOURCES),
+    "data.pretokenizer": one_of(PRETOKENIZERS),
     "data.text_column": Rule(lambda v: len(v) > 0, "must be a non-empty column name", ""),
     "data.val_fraction": interval(0, 1, open_low=True, open_high=True),  # both splits need text
     "data.max_train_bytes": optional(POSITIVE_INT, "for all the text"),

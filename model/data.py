@@ -32,7 +32,7 @@ import grain
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -41,6 +41,12 @@ SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|reserved_0|>")  # ids 0..3
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
 
 _FORMAT = 1  # part of the cache key: bump it when the cached files change meaning
+# How text is cut into words before BPE merges within them: autoresearch's GPT-4-style pattern (digits in runs of
+# at most two, \p{N}{1,2}, where GPT-4 has three), or ByteLevel's own GPT-2 pattern (jaxhpo's first tokenizer).
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+PRETOKENIZERS = ("gpt4", "bytelevel")
 # BPE is trained on at most this much text: the whole stdlib training split, a fair sample of a web corpus, and
 # about 10 s on 2 cores.
 _TOKENIZER_TRAIN_BYTES = 32 * 2**20
@@ -64,6 +70,7 @@ class DataConfig:
     val_fraction: float = 0.1  # pystdlib: share of files held out
     max_train_bytes: int | None = None  # optional cap on training text (None = all)
     cache_dir: str = "~/.cache/jaxhpo"  # tokenizer + token shards cached here
+    pretokenizer: str = "gpt4"  # gpt4: autoresearch's split pattern; bytelevel: GPT-2's, as ByteLevel splits
 
 
 @dataclass
@@ -259,6 +266,8 @@ def _fingerprint(cfg: DataConfig, source: _Source) -> str:
 
     inputs = [_FORMAT, cfg.source, cfg.text_column, cfg.max_train_bytes, stats(source.train_files),
               stats(source.val_files)]
+    if cfg.pretokenizer != "bytelevel":  # caches built before the switch existed keep their key
+        inputs.append(cfg.pretokenizer)
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
 
 
@@ -287,7 +296,7 @@ def _build(root: Path, cfg: DataConfig, source: _Source, vocab_size: int) -> Non
         texts = list(_take_bytes(source.documents(source.train_files), limit))
         if not texts:
             raise DataError(f"the {cfg.source} training files hold no text: {_describe(source.train_files)}")
-        _train_tokenizer(texts, vocab_size, root)
+        _train_tokenizer(texts, vocab_size, root, cfg.pretokenizer)
     # The saved tokenizer, with specials taken literally: a document that contains the text "<|bos|>" is text.
     tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
     tokenizer.encode_special_tokens = True
@@ -324,12 +333,24 @@ def _take_bytes(documents: Iterable[str], limit: int | None) -> Iterator[str]:
         yield doc
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int, root: Path) -> None:
+def _pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
+    """The split into words, then every byte spelled by one character of ByteLevel's alphabet."""
+    if kind == "bytelevel":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if kind == "gpt4":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])  # fmt: skip
+    raise DataError(f"unknown data.pretokenizer={kind!r}; choose one of: {', '.join(PRETOKENIZERS)}")
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int, root: Path, pretokenizer: str) -> None:
     n_bytes = sum(len(t.encode()) for t in texts)
     _log(f"training a {vocab_size}-token BPE for {root.name} on {n_bytes / 2**20:.1f} MiB of text")
     t0 = time.time()
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = _pre_tokenizer(pretokenizer)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

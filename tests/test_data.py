@@ -272,3 +272,24 @@ def test_yaml_configs_match_the_schema():
     assert parquet.source == "parquet" and parquet.text_column == "text"
     with pytest.raises(DataError, match="data.train_files is empty"):
         load_corpus(parquet, 300)
+
+
+def test_the_gpt4_pretokenizer_keeps_digits_in_pairs_and_bytelevel_does_not(tmp_path):
+    # Numbers that recur: a BPE merges their digits freely after GPT-2's split (ByteLevel), never past two digits
+    # after autoresearch's \p{N}{1,2}. Either tokenizer round-trips the text and counts its bytes.
+    docs = [f"order 123456 costs 987654 and {i}" for i in range(300)]
+    pq.write_table(pa.table({"text": docs}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"text": ["order 123456 costs 987654"]}), tmp_path / "val.parquet")
+    longest = {}
+    for kind in ("gpt4", "bytelevel"):
+        cfg = DataConfig(source="parquet", train_files=[str(tmp_path / "train.parquet")],
+                         val_files=[str(tmp_path / "val.parquet")], cache_dir=str(tmp_path / "cache"),
+                         pretokenizer=kind)  # fmt: skip
+        corpus = load_corpus(cfg, 400)
+        pieces = [corpus.tokenizer.decode([t]) for t in corpus.val_tokens]
+        assert "".join(pieces).endswith("order 123456 costs 987654")
+        assert corpus.token_bytes[np.asarray(corpus.val_tokens)].sum() == len(b"order 123456 costs 987654")
+        longest[kind] = max(len(p.strip()) for p in pieces if p.strip().isdigit())
+    assert longest["gpt4"] <= 2 < longest["bytelevel"], longest
+    with pytest.raises(DataError, match="unknown data.pretokenizer='gpt2'; choose one of: gpt4, bytelevel"):
+        load_corpus(replace(cfg, pretokenizer="gpt2", cache_dir=str(tmp_path / "other")), 400)

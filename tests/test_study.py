@@ -151,6 +151,15 @@ def test_resuming_with_another_method_is_refused(tmp_path, data_cache):
     other_model = study_args("random", tmp_path, data_cache, "study.max_trials=2", "model.eval_tokens=8192")
     third = run_cli("jaxhpo", *other_model)
     assert third.returncode == 2 and "model.eval_tokens=4096, not 8192" in third.stderr, third.stderr[-2000:]
+    # a journal written before optim.muon existed ran optax's Muon: today's default would mix the two
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        trainer = journal.study_info()["trainer"]
+        del trainer["optim.muon"]
+        journal.set_study_info({"trainer": trainer})
+    fourth = run_cli("jaxhpo", *study_args("random", tmp_path, data_cache, "study.max_trials=1"))
+    assert fourth.returncode == 2 and "optim.muon='optax', not 'autoresearch'" in fourth.stderr, fourth.stderr[-2000:]
+    fifth = run_cli("jaxhpo", *study_args("random", tmp_path, data_cache, "study.max_trials=1", "optim.muon=optax"))
+    assert fifth.returncode == 0, fifth.stderr[-2000:]
 
 
 def test_batch_constraint_is_repaired_before_the_trial_starts():
