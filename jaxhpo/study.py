@@ -40,7 +40,6 @@ from jaxhpo.workers import WorkerPool
 from model.config import ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
-
 # Trainer settings added after studies were journaled, with the value those studies' trials ran with.
 TRAINER_KEYS_ADDED = {"optim.muon": "optax", "data.pretokenizer": "bytelevel"}
 
