@@ -43,7 +43,7 @@ class StudySettings:
     trials keep being refused for one reason), and how many trials run at once."""
 
     max_trials: int = 20
-    budget_s: Optional[float] = 900.0  # summed trial wall time, the original study's rule; None = no limit
+    budget_s: Optional[float] = 900.0  # summed trial wall time (the study charged an ok trial its training time)
     workers: int = 1  # trials running at once, each on its own GPU or share of the CPU cores (jaxhpo.workers)
     # Stop once this many trials in a row were refused for the same reason (jaxhpo.study); 0 or None = never.
     max_consecutive_refusals: Optional[int] = 5

@@ -1,9 +1,9 @@
 """The study loop: ask a proposer, run the trial in isolation, journal it, tell the proposer; resume on rerun.
 
 Trial 0 is the space's default configuration. No trial starts once `study.max_trials` trials have started or the
-summed wall time of the finished ones reaches `study.budget_s` (the original study's rule), nor once the last
-`study.max_consecutive_refusals` trials were refused for the same reason (refusals cost no time, so no budget
-would end them): the study then stops with that reason. Settings that would fail every trial are refused before
+summed wall time of the finished ones reaches `study.budget_s` (the original study charged a successful trial
+only its training seconds), nor once the last `study.max_consecutive_refusals` trials were refused for the same
+reason (refusals cost no time, so no budget would end them): the study then stops with that reason. Settings that would fail every trial are refused before
 the first one (`Study.__init__`). With `study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is
 asked whenever a worker is free, with the configurations still running, and told each trial as it finishes. Only
 this process writes the journal.
