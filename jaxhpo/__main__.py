@@ -243,10 +243,9 @@ def os_error_line(e: OSError) -> str:
     import errno
 
     where = f"{e.filename}: " if e.filename else ("" if "run_dir" in _where else "setting up the run folder: ")
-    hints = {errno.ENOSPC: "free some space, or choose another folder with hydra.run.dir=PATH",
-             errno.EDQUOT: "free some space, or choose another folder with hydra.run.dir=PATH",
-             errno.EROFS: "choose a writable folder with hydra.run.dir=PATH",
-             errno.EACCES: "choose a writable folder with hydra.run.dir=PATH"}  # fmt: skip
+    room, writable = "free some space, or choose another folder", "choose a writable folder"
+    hints = {errno.ENOSPC: room, errno.EDQUOT: room, errno.EROFS: writable, errno.EACCES: writable}
+    hints = {k: f"{v} with hydra.run.dir=PATH" for k, v in hints.items()}
     return f"{where}{e.strerror}" + (f"; {hints[e.errno]}" if e.errno in hints else "")
 
 
