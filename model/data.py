@@ -8,6 +8,13 @@ under `cache_dir/<key>/`, where the key fingerprints everything that determines 
     <key>/train.npy    1-D token ids, each document preceded by <|bos|>
     <key>/val.npy      the same for the held-out split
     <key>/.lock        taken while building, so concurrent trials build once and never see half a cache
+
+The trainer reads rows of seq_len + 1 tokens in one of two layouts (`data.layout`). `packed`, autoresearch's:
+every row starts at a document's <|bos|> and is filled with whole documents by best fit from a buffer of about a
+thousand, the last one cropped to fill the row exactly; training draws the documents in an order reshuffled every
+epoch, the evaluation packs the held-out documents in stored order. `windows`: rows are windows at any offset,
+crossing document boundaries, at shuffled starts for training and consecutive from the split's start for the
+evaluation. Either way the evaluation set is fixed, so runs compare.
 """
 
 import contextlib
@@ -47,6 +54,14 @@ GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 PRETOKENIZERS = ("gpt4", "bytelevel")
+LAYOUTS = ("packed", "windows")
+# autoresearch's packing: best fit among at least this many documents, topped up this many at a time (the
+# batch size of its tokenizer calls), so the buffer holds 1000 to 1127.
+PACK_BUFFER_DOCS = 1000
+PACK_REFILL_DOCS = 128
+_BOS_ID = 0  # SPECIAL_TOKENS[0]; specials in the text are encoded literally, so this id only separates documents
+# Tokens compared per step when finding the documents of a memory-mapped split: bounds the memory the scan takes.
+_SCAN_CHUNK_TOKENS = 2**24
 # BPE is trained on at most this much text: the whole stdlib training split, a fair sample of a web corpus, and
 # about 10 s on 2 cores.
 _TOKENIZER_TRAIN_BYTES = 32 * 2**20
@@ -71,6 +86,9 @@ class DataConfig:
     max_train_bytes: int | None = None  # optional cap on training text (None = all)
     cache_dir: str = "~/.cache/jaxhpo"  # tokenizer + token shards cached here
     pretokenizer: str = "gpt4"  # gpt4: autoresearch's split pattern; bytelevel: GPT-2's, as ByteLevel splits
+    # packed: rows of whole documents, each row starting at a <|bos|>, best fit (autoresearch's; both the training
+    # and the evaluation rows); windows: rows at any offset, crossing documents. The cache does not depend on it.
+    layout: str = "packed"
 
 
 @dataclass
@@ -132,14 +150,28 @@ def load_corpus(cfg: DataConfig, vocab_size: int) -> Corpus:
     )
 
 
-def train_batches(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> Iterator[np.ndarray]:
-    """Endless int32 (batch_size, seq_len + 1) windows at shuffled start offsets, reshuffled every epoch."""
-    n_starts = len(tokens) - seq_len
-    if n_starts < 1:
-        raise DataError(f"the training split has {len(tokens):,} tokens, too few for one window of {seq_len + 1}")
+def train_batches(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, layout: str) -> Iterator[np.ndarray]:
+    """Endless int32 (batch_size, seq_len + 1) training rows in `layout`, in an order reshuffled every epoch."""
+    _check_layout(layout)
     # grain seeds epoch e with seed + e, so seeds 0 and 1 would replay each other's epochs one apart; a hashed
     # seed keeps nearby seeds unrelated.
     shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    if layout == "windows":
+        return _window_batches(tokens, batch_size, seq_len, shuffle_seed)
+    starts, lengths = document_spans(tokens)
+    if not len(starts):
+        raise DataError("the training split holds no document: pass token ids with each one preceded by <|bos|> (id 0)")
+    order = grain.MapDataset.range(len(starts)).shuffle(seed=shuffle_seed).repeat().to_iter_dataset(_NO_THREADS)
+    rows = PackedRows(order, tokens, starts, lengths, seq_len + 1)
+    batches = rows.batch(batch_size, batch_fn=_stack_int32)
+    # One background thread packs the next batches while the accelerator works on this one.
+    return iter(grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=4))
+
+
+def _window_batches(tokens: np.ndarray, batch_size: int, seq_len: int, shuffle_seed: int) -> Iterator[np.ndarray]:
+    n_starts = len(tokens) - seq_len
+    if n_starts < 1:
+        raise DataError(f"the training split has {len(tokens):,} tokens, too few for one window of {seq_len + 1}")
     window = np.arange(seq_len + 1)
     dataset = (
         grain.MapDataset.range(n_starts)
@@ -152,12 +184,16 @@ def train_batches(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) 
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
 
-def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_tokens: int) -> Iterator[np.ndarray]:
-    """The fixed evaluation set: consecutive int32 (batch_size, seq_len + 1) windows from the start of `tokens`."""
+def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_tokens: int, layout: str) -> Iterator[np.ndarray]:
+    """The fixed evaluation set: ceil(n_tokens / (batch_size * seq_len)) int32 (batch_size, seq_len + 1) batches
+    of `tokens` in `layout`, from the start of the split."""
+    _check_layout(layout)
     if n_tokens < 1:
         raise DataError(f"the evaluation needs a positive number of tokens, got {n_tokens}")
     per_batch = batch_size * seq_len
     n_batches = -(-n_tokens // per_batch)
+    if layout == "packed":
+        return _packed_val_batches(tokens, batch_size, seq_len, n_tokens, n_batches)
     needed = n_batches * per_batch + 1
     if len(tokens) < needed:
         raise DataError(
@@ -167,6 +203,146 @@ def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_tokens: int
         )
     rows = np.arange(batch_size)[:, None] * seq_len + np.arange(seq_len + 1)
     return (np.asarray(tokens[b * per_batch + rows], dtype=np.int32) for b in range(n_batches))
+
+
+def _packed_val_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, n_tokens: int, n_batches: int
+) -> Iterator[np.ndarray]:
+    starts, lengths = document_spans(tokens)
+    order = grain.MapDataset.range(len(starts)).to_iter_dataset(_NO_THREADS)  # stored order, one pass
+    needed = n_batches * batch_size
+    # Packed now rather than batch by batch, so a split too small is refused before any scoring starts.
+    rows = list(itertools.islice(PackedRows(order, tokens, starts, lengths, seq_len + 1), needed))
+    if len(rows) < needed:
+        raise DataError(
+            f"the held-out split's {len(starts):,} documents pack into {len(rows):,} rows of {seq_len + 1} tokens "
+            f"but evaluating {n_tokens:,} tokens as {n_batches} batches of {batch_size}x{seq_len} needs {needed:,}; "
+            "lower the model's eval_tokens or hold out more text (data.val_fraction, data.val_files)"
+        )
+    return (_stack_int32(rows[b * batch_size : (b + 1) * batch_size]) for b in range(n_batches))
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown data.layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
+
+
+# The packer pulls document ids one at a time from the thread it runs on: a pool behind it would only add handoffs.
+_NO_THREADS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def _stack_int32(rows: list[np.ndarray]) -> np.ndarray:
+    return np.stack(rows).astype(np.int32)
+
+
+def document_spans(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of every document of a split, as int64 arrays: the spans from each <|bos|> to the next."""
+    found = []
+    for offset in range(0, len(tokens), _SCAN_CHUNK_TOKENS):
+        chunk = np.asarray(tokens[offset : offset + _SCAN_CHUNK_TOKENS])
+        found.append(np.flatnonzero(chunk == _BOS_ID) + offset)
+    starts = np.concatenate(found) if found else np.zeros(0, np.int64)
+    return starts, np.diff(starts, append=len(tokens))
+
+
+class PackedRows(grain.IterDataset):
+    """Rows of `row_len` tokens packed from documents whose ids the parent dataset yields, by autoresearch's best
+    fit: each row starts empty; while it has room, the buffer is topped up with the next `refill` ids whenever it
+    holds fewer than `buffer_size`, then the longest buffered document that fits the room left is copied whole
+    (the first in buffer order on ties) or, if none fits, the shortest is cropped to fill the row. Every row is
+    full and starts at a document's <|bos|>. Once a finite parent runs out, the buffer drains and a row the last
+    documents cannot fill is dropped."""
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        tokens: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        row_len: int,
+        buffer_size: int = PACK_BUFFER_DOCS,
+        refill: int = PACK_REFILL_DOCS,
+    ):
+        super().__init__(parent)
+        if row_len < 1 or buffer_size < 1 or refill < 1:
+            raise DataError(f"packing needs positive sizes, got row_len={row_len}, buffer_size={buffer_size}, "
+                            f"refill={refill}")  # fmt: skip
+        self._tokens, self._starts, self._lengths = tokens, starts, lengths
+        self._row_len, self._buffer_size, self._refill = row_len, buffer_size, refill
+
+    def __iter__(self) -> "_PackedRowsIterator":
+        return _PackedRowsIterator(self._parent.__iter__(), self._tokens, self._starts, self._lengths, self._row_len,
+                                   self._buffer_size, self._refill)  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"PackedRows(row_len={self._row_len}, buffer_size={self._buffer_size}, refill={self._refill})"
+
+
+class _PackedRowsIterator(grain.DatasetIterator):
+    """PackedRows' iterator; its state is the parent's state plus the ids of the buffered documents."""
+
+    def __init__(self, parent: grain.DatasetIterator, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                 row_len: int, buffer_size: int, refill: int):  # fmt: skip
+        super().__init__(parent)
+        self._tokens, self._starts, self._doc_lengths = tokens, starts, lengths
+        self._row_len, self._buffer_size, self._refill = row_len, buffer_size, refill
+        # The buffer in order, as two arrays (ids, and lengths for the vectorised search) and a fill count:
+        # removing one shifts the tail left, which keeps the order the tie rules need.
+        self._ids = np.zeros(buffer_size + refill, np.int64)
+        self._lengths = np.zeros(buffer_size + refill, np.int64)
+        self._count = 0
+        self._exhausted = False
+
+    def __next__(self) -> np.ndarray:
+        row = np.empty(self._row_len, self._tokens.dtype)
+        pos = 0
+        while pos < self._row_len:
+            self._top_up()
+            if not self._count:
+                raise StopIteration
+            room = self._row_len - pos
+            lengths = self._lengths[: self._count]
+            fitting = np.where(lengths <= room, lengths, 0)  # every document holds at least its <|bos|>
+            i = int(fitting.argmax())  # argmax and argmin return the first index: buffer order breaks ties
+            if not fitting[i]:
+                i = int(lengths.argmin())
+            take = min(int(lengths[i]), room)
+            start = int(self._starts[self._ids[i]])
+            row[pos : pos + take] = self._tokens[start : start + take]
+            pos += take
+            self._remove(i)
+        return row
+
+    def _top_up(self) -> None:
+        while self._count < self._buffer_size and not self._exhausted:
+            for _ in range(self._refill):
+                try:
+                    doc = next(self._parent)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                self._ids[self._count] = doc
+                self._lengths[self._count] = self._doc_lengths[doc]
+                self._count += 1
+
+    def _remove(self, i: int) -> None:
+        n = self._count
+        self._ids[i : n - 1] = self._ids[i + 1 : n]
+        self._lengths[i : n - 1] = self._lengths[i + 1 : n]
+        self._count = n - 1
+
+    def get_state(self) -> dict:
+        """The parent's state and the buffered document ids, in buffer order."""
+        return {"parent": self._parent.get_state(), "buffer": self._ids[: self._count].tolist()}
+
+    def set_state(self, state: dict) -> None:
+        """Resume where `get_state` was taken."""
+        self._parent.set_state(state["parent"])
+        ids = np.asarray(state["buffer"], np.int64)
+        self._count = len(ids)
+        self._ids[: self._count] = ids
+        self._lengths[: self._count] = self._doc_lengths[ids]
+        self._exhausted = False  # an exhausted parent says so again on the next top-up
 
 
 # --- sources ------------------------------------------------------------------------------------------------

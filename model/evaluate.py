@@ -1,7 +1,8 @@
 """val_bpb: held-out bits per byte, the tokenizer-independent score every trial is ranked by.
 
 val_bpb = Σ cross-entropy (nats) / (ln 2 × Σ UTF-8 bytes), both sums over the evaluated target tokens, special
-tokens (0 bytes) excluded from both. The held-out windows and their count are fixed, so runs compare.
+tokens (0 bytes) excluded from both. The held-out rows (in the run's `data.layout`) and their count are fixed,
+so runs compare.
 
 Also: saving trained parameters with orbax, and restoring a run folder to score it again
 (`python -m model.evaluate RUN_DIR`).
@@ -79,8 +80,9 @@ def restore_params(run_dir: Path, abstract_params):
     return abstract_params
 
 
-def evaluate_run(run_dir: str | Path) -> float:
-    """Restore a finished run from its folder (config.yaml + checkpoint) and compute val_bpb again."""
+def evaluate_run(run_dir: str | Path, layout: str | None = None) -> float:
+    """Restore a finished run from its folder (config.yaml + checkpoint) and compute val_bpb again, on the held-out
+    rows in `layout` (None: the run's own data.layout; another one compares runs trained on different layouts)."""
     from model.config import load_config
     from model.data import load_corpus, val_batches
 
@@ -93,7 +95,8 @@ def evaluate_run(run_dir: str | Path) -> float:
     params = restore_params(run_dir, abstract_params)
     m = cfg.model
     eval_step = make_eval_step(graphdef, corpus.token_bytes)
-    return evaluate_bpb(eval_step, params, val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens))
+    held_out = val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens, layout or cfg.data.layout)
+    return evaluate_bpb(eval_step, params, held_out)
 
 
 if __name__ == "__main__":

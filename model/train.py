@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
 
 def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dict:
-    backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb)
+    backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb, cfg.gpu_memory_fraction)
     cache = device.enable_compile_cache(cfg.compile_cache_dir)
     m = cfg.model
     dtype = device.compute_dtype(cfg.compute_dtype)
@@ -134,7 +134,10 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     _, params = nnx.split(new_model(), nnx.Param)
     opt_state = tx.init(params)
 
-    batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed)
+    batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed, cfg.data.layout)
+    # Made before training, so that a held-out split too small for the evaluation is refused before the budget
+    # is spent rather than after.
+    held_out = val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens, cfg.data.layout)
     tokens_per_step = accum * m.device_batch_size * m.seq_len
     progress_bar = TrainProgress(cfg.time_budget_s, cfg.max_steps, cfg.log_every_s)
     training_seconds, step, loss = 0.0, 0, float("nan")
@@ -152,9 +155,7 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
             progress_bar.update(step, loss, step * tokens_per_step / training_seconds, training_seconds)
 
     t_eval = time.time()
-    val_bpb = evaluate_bpb(
-        eval_step, params, val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens)
-    )
+    val_bpb = evaluate_bpb(eval_step, params, held_out)
     eval_seconds = time.time() - t_eval
     if cfg.save_checkpoint:
         save_params(out_dir, params)
