@@ -8,9 +8,9 @@ from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from model.data import MIN_VOCAB_SIZE, PRETOKENIZERS, DataConfig
+from model.data import LAYOUTS, MIN_VOCAB_SIZE, PRETOKENIZERS, DataConfig
 from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig
-from model.optim import MUON_VARIANTS, OptimConfig
+from model.optim import EMBEDDING_DTYPES, MUON_VARIANTS, OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -41,6 +41,9 @@ class TrainConfig:
     seed: int = 0
     compute_dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
     memory_fraction: float = 0.9  # GPU: share of device memory XLA may take
+    # GPU: a share that takes precedence over memory_limit_gb there (the study's 0.543); None = memory_limit_gb's
+    # cap, else memory_fraction. memory_limit_gb still caps a CPU run.
+    gpu_memory_fraction: Optional[float] = None
     memory_limit_gb: Optional[float] = None  # CPU: address-space limit for this process
     save_checkpoint: bool = True
     log_every_s: float = 10.0  # progress lines when stdout is not a terminal
@@ -48,11 +51,20 @@ class TrainConfig:
     compile_cache_dir: Optional[str] = None  # persistent XLA compilation cache, shared by runs; None = off
 
 
+# Settings added after runs were saved, with the value every run saved before them ran with.
+KEYS_ADDED = {"optim.muon": "optax", "data.pretokenizer": "bytelevel", "data.layout": "windows",
+              "optim.embedding_dtype": "float32"}  # fmt: skip
+
+
 def load_config(path) -> TrainConfig:
-    """A TrainConfig from a YAML file such as a run folder's config.yaml."""
+    """A TrainConfig from a YAML file such as a run folder's config.yaml (an older one's missing keys as it ran)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path)))
+    saved = OmegaConf.load(path)
+    for key, value in KEYS_ADDED.items():
+        if OmegaConf.select(saved, key, default=None) is None:
+            OmegaConf.update(saved, key, value, force_add=True)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
 
 
 def grad_accum_steps(m: ModelConfig) -> int:
@@ -146,8 +158,10 @@ FIELD_RULES: dict[str, Rule] = {
     "optim.warmdown_ratio": interval(0, 1, open_low=True),
     "optim.final_lr_frac": interval(0, 1),
     "optim.muon": one_of(MUON_VARIANTS),
+    "optim.embedding_dtype": one_of(EMBEDDING_DTYPES),
     "data.source": one_of(DATA_SOURCES),
     "data.pretokenizer": one_of(PRETOKENIZERS),
+    "data.layout": one_of(LAYOUTS),
     "data.text_column": Rule(lambda v: len(v) > 0, "must be a non-empty column name", ""),
     "data.val_fraction": interval(0, 1, open_low=True, open_high=True),  # both splits need text
     "data.max_train_bytes": optional(POSITIVE_INT, "for all the text"),
@@ -156,6 +170,7 @@ FIELD_RULES: dict[str, Rule] = {
     "seed": Rule(lambda v: 0 <= v < 2**32, "must be an integer in [0, 2**32)", -1),  # numpy's and JAX's seeds
     "compute_dtype": one_of(DTYPES),
     "memory_fraction": interval(0, 1, open_low=True),
+    "gpu_memory_fraction": optional(interval(0, 1, open_low=True), "to let memory_limit_gb (or memory_fraction) decide"),
     "memory_limit_gb": optional(positive(), "for no limit"),
     "log_every_s": non_negative(" seconds"),
 }

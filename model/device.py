@@ -19,15 +19,19 @@ import jax.numpy as jnp
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
 
 
-def configure_memory(memory_fraction: float, memory_limit_gb: float | None) -> str:
+def configure_memory(memory_fraction: float, memory_limit_gb: float | None,
+                     gpu_memory_fraction: float | None = None) -> str:  # fmt: skip
     """Apply the memory settings; returns the backend name. Call before the first JAX computation.
 
     memory_limit_gb caps the run on either device: on GPU it replaces memory_fraction by limit / device memory
     (the original's 76 GB on an 80 GB H100 is a fraction of 0.95, above the 0.9 default); on CPU it is an
-    address-space limit.
+    address-space limit. gpu_memory_fraction, when given, is the GPU's share whatever memory_limit_gb says (the
+    study capped its H200 at 0.543, about 76 GB), so one setting can cap a GPU by share and a CPU by size.
     """
     gpu_total = _gpu_memory_bytes()
-    if gpu_total and memory_limit_gb is not None:
+    if gpu_total and gpu_memory_fraction is not None:
+        memory_fraction = gpu_memory_fraction
+    elif gpu_total and memory_limit_gb is not None:
         memory_fraction = min(1.0, memory_limit_gb * 2**30 / gpu_total)
     # XLA reads the fraction when the GPU client starts, which is the first call below.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{memory_fraction:.4f}")

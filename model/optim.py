@@ -32,6 +32,7 @@ RESID_SCALAR_LR_FACTOR = 0.01  # resid_lambdas learn at 1 % of SCALAR_LR in auto
 MUON_MOMENTUM_START, MUON_MOMENTUM_END, MUON_MOMENTUM_STEPS = 0.85, 0.95, 300
 REFERENCE_WIDTH = 768  # AdamW learning rates were tuned at this width
 MUON_VARIANTS = ("autoresearch", "optax")
+EMBEDDING_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -47,6 +48,9 @@ class OptimConfig:
     warmdown_ratio: float = 0.5
     final_lr_frac: float = 0.0
     muon: str = "autoresearch"  # autoresearch: Polar Express + NorMuon; optax: optax's Newton-Schulz Muon
+    # Storage of the token and value embeddings: float32 (jaxhpo's), or rounded to bfloat16 after every step as
+    # autoresearch casts them on its GPU (whose Adam moments are then bfloat16 too; here they stay float32).
+    embedding_dtype: str = "float32"
 
 
 class ScheduleState(NamedTuple):
@@ -99,6 +103,17 @@ def scale_by_time_schedule(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def stored_as(dtype) -> optax.GradientTransformation:
+    """Updates that leave each parameter at what `dtype` storage would hold: round(p + u) - p. The parameters stay
+    float32 arrays, so the rest of the step is unchanged; what differs is exactly the rounding of storage."""
+
+    def update_fn(updates, state, params=None):
+        new = jax.tree.map(lambda u, p: (p + u).astype(dtype).astype(p.dtype) - p, updates, params)
+        return new, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def muon_momentum(count):
     """Muon's momentum, ramped linearly over the first optimizer steps."""
     frac = jnp.minimum(count / MUON_MOMENTUM_STEPS, 1.0)
@@ -144,6 +159,13 @@ def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransform
     def adam(lr, betas=ADAM_BETAS):
         return optax.chain(optax.scale_by_adam(*betas, eps=ADAM_EPS), scale_by_time_schedule(lr, cfg))
 
+    if cfg.embedding_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"unknown optim.embedding_dtype={cfg.embedding_dtype!r}; choose one of: "
+                         f"{', '.join(EMBEDDING_DTYPES)}")  # fmt: skip
+    embedding = adam(cfg.embedding_lr * width_scale)
+    if cfg.embedding_dtype == "bfloat16":
+        embedding = optax.chain(embedding, stored_as(jnp.bfloat16))
+
     if cfg.muon == "autoresearch":
         direction = optax.chain(
             optax.inject_hyperparams(optax.trace, static_args=("nesterov",))(decay=muon_momentum, nesterov=True),
@@ -161,7 +183,7 @@ def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransform
     )
     groups = {
         "matrix": muon,
-        "embedding": adam(cfg.embedding_lr * width_scale),
+        "embedding": embedding,
         "unembedding": adam(cfg.unembedding_lr * width_scale),
         "resid_scalar": adam(cfg.scalar_lr * RESID_SCALAR_LR_FACTOR),
         "x0_scalar": adam(cfg.scalar_lr, X0_ADAM_BETAS),

@@ -122,3 +122,25 @@ def test_one_step_is_autoresearchs_formula_for_every_group(muon):
         else:  # AdamW's first step: bias-corrected moments are g and g², no weight decay
             expected = -adam_lr[labels[key]] * lrm * g / (np.abs(g) + 1e-10)
         np.testing.assert_allclose(np.asarray(got[key]), expected, rtol=2e-4, atol=1e-7, err_msg=key)
+
+
+def test_bfloat16_embedding_storage_rounds_the_embeddings_only():
+    _, params = nnx.split(GPT(CFG, rngs=nnx.Rngs(0)), nnx.Param)
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    new = {}
+    for dtype in ("float32", "bfloat16"):
+        tx = build_optimizer(OptimConfig(embedding_dtype=dtype), CFG.model_dim)
+        updates, _ = tx.update(grads, tx.init(params), params, progress=jnp.float32(0.2))
+        new[dtype] = optax.apply_updates(params, updates)
+    labels = labelled()
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new["float32"])[0], jax.tree.leaves(new["bfloat16"])):
+        a, b = np.asarray(a), np.asarray(b)
+        if labels[jax.tree_util.keystr(path)] == "embedding":
+            # the float32 step rounded to bfloat16 (up to float32's rounding of p + (q - p))
+            np.testing.assert_allclose(b, a.astype(jnp.bfloat16).astype(np.float32), rtol=1e-6, atol=0)
+            assert np.abs(a - b).max() > 1e-4
+        else:
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="optim.embedding_dtype"):
+        build_optimizer(OptimConfig(embedding_dtype="fp8"), CFG.model_dim)
