@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from jaxhpo.llm.client import LLMConfig, check_llm_config
+from jaxhpo.protocol import PROTOCOL_RULES, ProtocolConfig
 from jaxhpo.space import SpaceConfig
 from jaxhpo.trial import TrialConfig
 from jaxhpo.workers import EXECUTORS
@@ -61,6 +62,7 @@ class StudyConfig:
     study: StudySettings = field(default_factory=StudySettings)
     trial: TrialConfig = field(default_factory=TrialConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)  # used only by methods that ask an LLM (llm, centaur)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)  # jaxhpo's rules, or the study's (paper)
     seed: int = 0
 
 
@@ -81,6 +83,7 @@ STUDY_RULES: dict[str, Rule] = {
     "study.max_consecutive_refusals": optional(non_negative(" trials"), "to never stop (as 0 does)"),
     "trial.time_budget_s": FIELD_RULES["time_budget_s"],
     "trial.memory_limit_gb": FIELD_RULES["memory_limit_gb"],
+    "trial.gpu_memory_fraction": FIELD_RULES["gpu_memory_fraction"],
     "trial.timeout_s": optional(positive(" seconds"), "for automatic"),
     "trial.compute_dtype": FIELD_RULES["compute_dtype"],
     "trial.executor": one_of(EXECUTORS),
@@ -92,6 +95,7 @@ STUDY_RULES: dict[str, Rule] = {
     "trial.submitit.cpus_per_job": POSITIVE_INT,
     "trial.submitit.mem_gb": optional(positive(), "for the cluster's default"),
     "seed": FIELD_RULES["seed"],
+    **PROTOCOL_RULES,
 }
 
 

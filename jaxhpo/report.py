@@ -18,23 +18,28 @@ import numpy as np
 import yaml
 
 from jaxhpo.journal import JOURNAL_FILE, STATUSES, Journal, JournalError, TrialRecord
+from jaxhpo.protocol import NOT_RUN_PREFIX, charged_seconds
 
 
 def summarize(
     trials: Sequence[TrialRecord], *, method: str, space_id: str, seed: int, budget_s: float | None,
-    llm_turns: Sequence[dict] = (), llm_startup_s: float = 0.0,
+    llm_turns: Sequence[dict] = (), llm_startup_s: float = 0.0, budget_charge: str = "wall",
 ) -> dict:
-    """summary.json: the best configuration, outcome counts, failure share, trials per proposer, budget used,
-    and LLM turns, fallbacks and time (not charged to the budget)."""
+    """summary.json: the best configuration, outcome counts, failure share, trials per proposer, budget used (as
+    protocol.budget_charge counts it), and LLM turns, fallbacks and time (not charged to the budget). Trials lost
+    to their LLM call (protocol=paper) never ran: counted as `lost_to_llm`, left out of the failure shares, as the
+    study's records left them out."""
+    lost = sum(1 for t in trials if (t.error or "").startswith(NOT_RUN_PREFIX))
     ok = [t for t in trials if not t.failed]
     best = min(ok, key=lambda t: t.val_bpb) if ok else None
     statuses = Counter(t.status for t in trials)
-    n = len(trials)
+    n = len(trials) - lost
+    statuses["crashed"] -= lost
     return {
         "method": method,
         "space_id": space_id,
         "seed": seed,
-        "trials": n,
+        "trials": len(trials),
         "best_val_bpb": best.val_bpb if best else None,
         "best_trial": best.number if best else None,
         "best_params": best.params if best else None,
@@ -44,7 +49,10 @@ def summarize(
         "oom_predicted_percent": round(100 * sum(map(predicted_oom, trials)) / n, 1) if n else 0.0,
         "proposer_counts": dict(Counter(t.proposer for t in trials)),
         "trial_seconds": round(sum(t.wall_seconds for t in trials), 1),
+        "charged_seconds": round(sum(charged_seconds(t, budget_charge) for t in trials), 1),
+        "budget_charge": budget_charge,
         "budget_s": budget_s,
+        "lost_to_llm": lost,
         "llm_turns": len(llm_turns),
         "llm_fallbacks": sum(1 for t in llm_turns if t["fallback"]),
         "llm_seconds": round(llm_startup_s + sum(t["latency_s"] or 0.0 for t in llm_turns), 1),

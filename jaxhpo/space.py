@@ -3,11 +3,16 @@
 A space is a mapping from hyperparameter names (autoresearch's UPPER_CASE names) to typed ranges, each with a
 default and the trainer config key it sets. Proposers work in the unit cube [0, 1]^d: floats map linearly or
 logarithmically; integers, powers of two and categoricals own equal slices of [0, 1], one per value, so a
-uniform point in the cube is a uniform draw over each parameter's values.
+uniform point in the cube is a uniform draw over each parameter's values. Under `protocol.pow2_prior=log_snap`
+(the study's prior) a power of two's slice is instead as wide as the share of a log-uniform integer over
+[low - 0.5, high + 0.5] that rounds and snaps to it (nearest power of two, ties to the lower): HEAD_DIM 64-256
+draws 64, 128, 256 with probabilities 0.30, 0.50, 0.21, what ConfigSpace's sampler followed by the study's snap
+gives.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -19,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 TYPES = ("float", "int", "categorical")
+POW2_PRIORS = ("uniform", "log_snap")
 
 
 class SpaceError(ValueError):
@@ -63,6 +69,7 @@ class Param:
     pow2: bool = False
     choices: tuple = ()
     default: Any = None
+    prior: str = "uniform"  # pow2 only: "uniform" (equal slices) or "log_snap" (see the module docstring)
 
     @property
     def levels(self) -> tuple | None:
@@ -75,10 +82,25 @@ class Param:
             return tuple(range(int(self.low), int(self.high) + 1))
         return None
 
-    def to_unit(self, value) -> float:
+    @property
+    def edges(self) -> tuple | None:
+        """The boundaries in [0, 1] of the levels' slices (len(levels) + 1 of them), None without levels."""
         levels = self.levels
-        if levels is not None:
-            return (levels.index(value) + 0.5) / len(levels)
+        if levels is None:
+            return None
+        if self.prior != "log_snap":
+            return tuple(i / len(levels) for i in range(len(levels) + 1))
+        # Integers from just above 0.75 * 2^k up to 1.5 * 2^k snap to 2^k; the log-uniform draw over
+        # [low - 0.5, high + 0.5] rounds to integer v on [v - 0.5, v + 0.5].
+        first = [self.low] + [int(0.75 * v) + 1 for v in levels[1:]]
+        start, span = math.log(self.low - 0.5), math.log(self.high + 0.5) - math.log(self.low - 0.5)
+        return tuple((math.log(v - 0.5) - start) / span for v in first) + (1.0,)
+
+    def to_unit(self, value) -> float:
+        edges = self.edges
+        if edges is not None:
+            i = self.levels.index(value)
+            return (edges[i] + edges[i + 1]) / 2
         lo, hi, x = (math.log(self.low), math.log(self.high), math.log(value)) if self.log else (
             self.low, self.high, float(value))
         return (x - lo) / (hi - lo)
@@ -87,7 +109,8 @@ class Param:
         u = min(max(float(u), 0.0), 1.0)
         levels = self.levels
         if levels is not None:
-            return levels[min(int(u * len(levels)), len(levels) - 1)]
+            i = int(u * len(levels)) if self.prior != "log_snap" else bisect.bisect_right(self.edges, u) - 1
+            return levels[min(i, len(levels) - 1)]
         x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))) if self.log else (
             self.low + u * (self.high - self.low))
         x = min(max(x, self.low), self.high)  # exp(log(high)) can overshoot high by a rounding error
@@ -111,7 +134,7 @@ class Param:
         return int(round(x)) if self.type == "int" else x
 
 
-def _param(name: str, spec: Mapping) -> Param:
+def _param(name: str, spec: Mapping, pow2_prior: str = "uniform") -> Param:
     spec = dict(spec)
     kind, key = spec.get("type"), spec.get("key")
     where = f"space parameter {name}"
@@ -139,7 +162,9 @@ def _param(name: str, spec: Mapping) -> Param:
             low, high = int(low), int(high)
         default = spec.get("default")
         p = Param(name, kind, key, float(low) if kind == "float" else low, float(high) if kind == "float" else high,
-                  log, pow2, default=default)
+                  log, pow2, default=default, prior=spec.get("prior", pow2_prior) if pow2 else "uniform")
+        if p.prior not in POW2_PRIORS:
+            raise SpaceError(f"{where}: prior={p.prior!r}; use one of {', '.join(POW2_PRIORS)}")
     if p.default is None or not p.contains(p.default):
         raise SpaceError(f"{where}: default={p.default!r} is not a valid value of its range")
     return p
@@ -148,11 +173,13 @@ def _param(name: str, spec: Mapping) -> Param:
 class Space:
     """An ordered set of hyperparameters; proposers see it as the unit cube [0, 1]^dim."""
 
-    def __init__(self, name: str, params: Mapping[str, Mapping]):
+    def __init__(self, name: str, params: Mapping[str, Mapping], pow2_prior: str = "uniform"):
         if not params:
             raise SpaceError(f"space {name!r} has no parameters")
+        if pow2_prior not in POW2_PRIORS:
+            raise SpaceError(f"unknown pow2 prior {pow2_prior!r}; choose one of: {', '.join(POW2_PRIORS)}")
         self.name = name
-        self.params = tuple(_param(n, spec) for n, spec in params.items())
+        self.params = tuple(_param(n, spec, pow2_prior) for n, spec in params.items())
         self.names = tuple(p.name for p in self.params)
         self.dim = len(self.params)
         keys = [p.key for p in self.params]
@@ -160,22 +187,24 @@ class Space:
             raise SpaceError(f"space {name!r}: two parameters set the same config key")
 
     @classmethod
-    def from_config(cls, cfg) -> "Space":
-        """Build from a SpaceConfig or any mapping {name, params}."""
+    def from_config(cls, cfg, pow2_prior: str = "uniform") -> "Space":
+        """Build from a SpaceConfig or any mapping {name, params}; `pow2_prior` is protocol.pow2_prior."""
         from omegaconf import OmegaConf
 
         if OmegaConf.is_config(cfg):
             cfg = OmegaConf.to_container(cfg, resolve=True)
         elif not isinstance(cfg, Mapping):
             cfg = asdict(cfg)
-        return cls(cfg["name"], cfg["params"])
+        return cls(cfg["name"], cfg["params"], pow2_prior)
 
     def definition(self) -> dict:
-        """The space as plain data: what `space_id` hashes and what a prompt or the journal shows."""
+        """The space as plain data: what `space_id` hashes and what a prompt or the journal shows (the uniform
+        prior left out, so spaces defined before the prior was a choice keep their ids)."""
         return {
-            p.name: {k: v for k, v in asdict(p).items() if k != "name" and v is not None and v is not False and v != ()}
+            p.name: {k: v for k, v in asdict(p).items()
+                     if k != "name" and v is not None and v is not False and v != () and (k, v) != ("prior", "uniform")}
             for p in self.params
-        }
+        }  # fmt: skip
 
     @property
     def space_id(self) -> str:

@@ -1,10 +1,12 @@
 """The study loop: ask a proposer, run the trial in isolation, journal it, tell the proposer; resume on rerun.
 
 Trial 0 is the space's default configuration. No trial starts once `study.max_trials` trials have started or the
-summed wall time of the finished ones reaches `study.budget_s` (the original study charged a successful trial
-only its training seconds), nor once the last `study.max_consecutive_refusals` trials were refused for the same
-reason (refusals cost no time, so no budget would end them): the study then stops with that reason. Settings that would fail every trial are refused before
-the first one (`Study.__init__`). With `study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is
+budget spent by the finished ones reaches `study.budget_s` (each trial's wall time; under
+`protocol.budget_charge=training`, the study's rule, an ok trial's training seconds), nor once the last
+`study.max_consecutive_refusals` trials were refused for the same reason, or lost to their LLM call (protocol=paper;
+neither costs time, so no budget would end them): the study then stops with that reason. A proposal whose meta
+holds `not_run` (protocol=paper: its LLM call failed) is journaled as crashed in 0 s without running, and told to
+the proposer. Settings that would fail every trial are refused before the first one (`Study.__init__`). With `study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is
 asked whenever a worker is free, with the configurations still running, and told each trial as it finishes. Only
 this process writes the journal.
 
@@ -33,15 +35,14 @@ from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
 from jaxhpo.trial import Outcome, check_space_keys, check_space_values, refused, trial_config
 from jaxhpo.workers import WorkerPool
-from model.config import ConfigError, TrainConfig, check_fields
+from model.config import KEYS_ADDED, ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
-# Trainer settings added after studies were journaled, with the value those studies' trials ran with.
-TRAINER_KEYS_ADDED = {"optim.muon": "optax", "data.pretokenizer": "bytelevel"}
 
 
 class StudyError(ValueError):
@@ -61,11 +62,15 @@ class Study:
             cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
         )
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
-        self.space = Space.from_config(cfg.space)
+        self.space = Space.from_config(cfg.space, cfg.protocol.pow2_prior)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
         self._check_base()
         self.method = cfg.method.name
-        self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, **cfg.method.options)
+        try:
+            self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, protocol=cfg.protocol,
+                                                    **cfg.method.options)  # fmt: skip
+        except ValueError as e:
+            raise StudyError(str(e)) from None
         self._warned_fallback = False
 
     def _check_base(self) -> None:
@@ -109,7 +114,8 @@ class Study:
                 stopped = e
             turns = journal.llm_turns()
         summary = summarize(history, method=self.method, space_id=self.space.space_id, seed=self.cfg.seed,
-                            budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s)
+                            budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s,
+                            budget_charge=self.cfg.protocol.budget_charge)  # fmt: skip
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if history:
             plot_convergence({self.method: [history]}, self.run_dir / "convergence.png")
@@ -168,8 +174,13 @@ class Study:
         trainer = self.trainer_settings()
         stored_trainer = stored.get("trainer", trainer)  # journals before this check have none: accept them
         if "trainer" in stored:  # a key added since the journal was written had the value it has there
-            stored_trainer = {**TRAINER_KEYS_ADDED, **stored_trainer}
+            stored_trainer = {**KEYS_ADDED, **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
+        protocol = dataclasses.asdict(self.cfg.protocol)
+        if stored:  # a journal written before protocols existed ran jaxhpo's
+            stored_protocol = {**dataclasses.asdict(ProtocolConfig()), **stored.get("protocol", {})}
+            clash += [(f"protocol.{k}", stored_protocol.get(k), v) for k, v in protocol.items()
+                      if stored_protocol.get(k) != v]  # fmt: skip
         if clash:
             k, was, now = clash[0]
             raise StudyError(
@@ -183,6 +194,8 @@ class Study:
             updates.update(info, space=self.space.definition(), space_name=self.space.name)
         if "trainer" not in stored:
             updates["trainer"] = trainer
+        if "protocol" not in stored:
+            updates["protocol"] = protocol
         journal.set_study_info(updates)
 
     def _loop(self, pool: WorkerPool, journal: Journal, history: list[TrialRecord],
@@ -200,6 +213,12 @@ class Study:
                         number = journal.next_number()
                         status.update(self._running_text(running, f"asking {self.method} for trial {number}"))
                         trial = self._ask(number, history, running)
+                    if (reason := trial.meta.pop("not_run", None)) is not None:  # lost to its LLM call (paper)
+                        now = time.time()
+                        self._finish(journal, trial, Outcome("crashed", None, NOT_RUN_PREFIX + reason, 0.0, now, now),
+                                     history)  # fmt: skip
+                        stop = self._refusal_stop(history)
+                        continue
                     try:
                         train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.trial)
                     except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: never run
@@ -236,6 +255,11 @@ class Study:
         reasons = {_refusal_reason(t) for t in last}
         if len(reasons) != 1 or None in reasons:
             return None
+        if last[-1].error.startswith(NOT_RUN_PREFIX):
+            return (
+                f"stopped after {limit} consecutive trials were lost to their LLM call: "
+                f"{last[-1].error.removeprefix(NOT_RUN_PREFIX)}; fix the LLM endpoint (llm.*)"
+            )
         return (
             f"stopped after {limit} consecutive trials were refused for the same reason: "
             f"{last[-1].error.removeprefix(_REFUSED)}; fix the space or the base configuration"
@@ -244,9 +268,13 @@ class Study:
     def _done(self, history: list[TrialRecord], running: dict) -> bool:
         """No further trial may start: max_trials started, or the budget spent by the finished ones."""
         budget = self.cfg.study.budget_s
-        spent = sum(t.wall_seconds for t in history)
+        spent = self._spent(history)
         started = len(history) + len(running)
         return started >= self.cfg.study.max_trials or (budget is not None and spent >= budget)
+
+    def _spent(self, history: list[TrialRecord]) -> float:
+        """The budget spent by the finished trials, as protocol.budget_charge counts it."""
+        return sum(charged_seconds(t, self.cfg.protocol.budget_charge) for t in history)
 
     def _ask(self, number: int, history: list[TrialRecord], running: dict[int, PendingTrial]) -> PendingTrial:
         if number == 0:
@@ -293,7 +321,7 @@ class Study:
         value = f"{record.val_bpb:.4f}" if record.val_bpb is not None else "-"
         style = "green" if record.status == "ok" else "red"
         budget = self.cfg.study.budget_s
-        left = f"{max(0.0, budget - sum(t.wall_seconds for t in history)):.0f}s" if budget else "∞"
+        left = f"{max(0.0, budget - self._spent(history)):.0f}s" if budget else "∞"
         line = (
             f"trial {record.number:>3}  {record.proposer:<14} [{style}]{record.status:<8}[/{style}] "
             f"val_bpb {value:>7}  best {best:>7}  {record.wall_seconds:5.0f}s  budget left {left}"
@@ -314,6 +342,8 @@ def _refusal_reason(record: TrialRecord) -> str | None:
     The text up to the first "=" (the key, in the trainer's "invalid KEY=VALUE: why"), digits masked: the refusals
     "invalid model.head_dim=48: must divide the model width 192" and "invalid model.head_dim=96: ... 320" have one
     reason, whatever the values, while one of model.eval_tokens has another."""
+    if record.status == "crashed" and (record.error or "").startswith(NOT_RUN_PREFIX):
+        return NOT_RUN_PREFIX  # lost to an LLM call (protocol=paper): whatever the error, no trial ran
     if record.status != "crashed" or not (record.error or "").startswith(_REFUSED):
         return None
     return re.sub(r"\d+", "#", record.error.split("=", 1)[0])

@@ -56,6 +56,9 @@ class TrialConfig:
 
     time_budget_s: float = 20.0  # training time per trial (compilation excluded)
     memory_limit_gb: Optional[float] = 4.0  # per trial; None = no limit
+    # GPU: the share of its memory a trial may take, in place of memory_limit_gb's cap there (protocol=paper: the
+    # study's 0.543); None = memory_limit_gb's cap, or 0.9 without one. CPU runs ignore it.
+    gpu_memory_fraction: Optional[float] = None
     timeout_s: Optional[float] = None  # wall-clock limit; None = 3 × time_budget_s + 300 s
     compute_dtype: str = "auto"
     save_checkpoint: bool = False  # every trial's parameters; at paper scale that is 200 MB a trial
@@ -153,6 +156,7 @@ def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialC
         OmegaConf.update(cfg, key, value)
     cfg.time_budget_s = trial.time_budget_s
     cfg.memory_limit_gb = trial.memory_limit_gb
+    cfg.gpu_memory_fraction = trial.gpu_memory_fraction
     cfg.compute_dtype = trial.compute_dtype
     cfg.save_checkpoint = trial.save_checkpoint
     cfg.preflight = trial.preflight

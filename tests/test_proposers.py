@@ -5,10 +5,14 @@ TPE's startup phase.
 
 The LLM methods run here offline: their client points at a closed loopback port, so every LLM turn falls back
 (llm to its random draw, Centaur to CMA-ES's suggestion) -- the contract must hold on that path too. Their LLM
-turns proper are tested in test_centaur.py."""
+turns proper are tested in test_centaur.py.
+
+Methods run under protocol=paper too ("cmaes/paper": Optuna's CMA-ES; "centaur/paper" and "llm/paper": the study's
+Centaur and agent, whose unreachable LLM loses every LLM turn as a trial that never runs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -22,13 +26,17 @@ from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.client import LLMClient, LLMConfig
 from jaxhpo.proposers import PROPOSERS, CMAESProposer, TPEProposer, make_proposer, proposer_options
 from jaxhpo.proposers.cmaes import default_population_size, injection_bound
+from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig
 from jaxhpo.space import Space
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = list(PROPOSERS)
-LEARNERS = [n for n in NAMES if n not in ("random", "llm")]  # offline, llm is random search
+PAPER = ProtocolConfig(**OmegaConf.to_container(OmegaConf.load(REPO / "hydra_configs/protocol/paper.yaml"))["protocol"])
+NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper"]  # method/protocol
+# Offline, llm is random search, and the study's Centaur loses every trial from its first LLM turn (12) on.
+LEARNERS = [n for n in NAMES if n not in ("random", "llm", "llm/paper", "centaur/paper")]
 # The proposer tags each method may hand out when its LLM is unreachable (only "default" besides, for trial 0).
-TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}}
+TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}, "cmaes/paper": {"cmaes"},
+        "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,10 +51,12 @@ def unreachable_llm() -> LLMClient:
 
 
 def new_proposer(name: str, seed: int, **options):
-    """make_proposer, with the unreachable client for methods that use an LLM (as the study passes its own)."""
-    if PROPOSERS[name].uses_llm:
+    """make_proposer for "method" or "method/paper", with the unreachable client for methods that use an LLM (as
+    the study passes its own)."""
+    method, _, protocol = name.partition("/")
+    if PROPOSERS[method].uses_llm:
         options["llm"] = unreachable_llm()
-    return make_proposer(name, SPACE, seed, **options)
+    return make_proposer(method, SPACE, seed, protocol=PAPER if protocol else None, **options)
 
 
 def stable_meta(meta: dict) -> dict:
@@ -84,13 +94,25 @@ def objective(params: dict) -> float | None:
 
 
 def record(number: int, params: dict, value: float | None, proposer: str = "test", status: str | None = None,
-           method: str = "test") -> TrialRecord:  # fmt: skip
+           method: str = "test", meta: dict | None = None) -> TrialRecord:  # fmt: skip
     status = status or ("ok" if value is not None else "oom")
     return TrialRecord(
         number=number, params=dict(params), space_id=SPACE.space_id, method=method, proposer=proposer,
         status=status, val_bpb=value if status == "ok" else None, error=None if status == "ok" else status,
         wall_seconds=1.0, training_seconds=1.0, peak_memory_mb=None, started_at=0.0, ended_at=1.0, seed=0,
+        meta=meta or {},
     )  # fmt: skip
+
+
+def outcome(number: int, prop, method: str = "test") -> TrialRecord:
+    """The record the study journals for proposal `prop` under the synthetic objective: meta as the journal keeps
+    it (JSON, without the LLM turn), and a proposal lost to its LLM call (`not_run`) crashed without running."""
+    meta = json.loads(json.dumps({k: v for k, v in prop.meta.items() if k != "llm_turn"}))
+    params = json.loads(json.dumps(prop.params))
+    if "not_run" in meta:
+        error = NOT_RUN_PREFIX + meta.pop("not_run")
+        return dataclasses.replace(record(number, params, None, prop.proposer, "crashed", method, meta), error=error)
+    return record(number, params, objective(params), prop.proposer, method=method, meta=meta)
 
 
 def study(name: str, seed: int, n: int, replay: list[TrialRecord] = (), **options):
@@ -111,8 +133,7 @@ def study(name: str, seed: int, n: int, replay: list[TrialRecord] = (), **option
         prop = p.ask(history)
         proposals.append(prop)
         # JSON round trip, as through the journal: the proposer must recognise its own proposals afterwards
-        params = json.loads(json.dumps(prop.params))
-        r = record(len(history), params, objective(params), prop.proposer, method=name)
+        r = outcome(len(history), prop, method=name)
         history.append(r)
         p.tell(r)
     return p, history, proposals
@@ -174,7 +195,7 @@ def test_parallel_asks_never_repeat_a_running_configuration(name):
             running.append(prop)
             number += 1
         done = running.pop(int(rng.integers(len(running))))  # whichever finishes first
-        history.append(record(len(history), done.params, objective(done.params), done.proposer))
+        history.append(outcome(len(history), done))
         p.tell(history[-1])
 
 
@@ -198,16 +219,19 @@ def test_failures_and_foreign_trials_are_accepted(name):
     for _ in range(30):  # and it keeps working, with its own trials failing now and then
         prop = p.ask(history)
         SPACE.check(prop.params)
-        value = objective(prop.params)
-        history.append(record(len(history), prop.params, value, prop.proposer))
+        history.append(outcome(len(history), prop))
         p.tell(history[-1])
         if len(history) % 4 == 0:  # an LLM's proposal interleaved, as in Centaur
             params = SPACE.sample(rng)
             history.append(record(len(history), params, objective(params), "llm"))
             p.tell(history[-1])
-    if hasattr(p, "state_summary"):
-        s = p.state_summary()
+    cmaes = getattr(p, "cmaes", p)
+    if isinstance(cmaes, CMAESProposer):
+        s = cmaes.state_summary()
         assert math.isfinite(s["sigma"]) and np.all(np.isfinite(s["covariance"]))
+    if hasattr(cmaes, "paper_state"):
+        s = cmaes.paper_state()
+        assert math.isfinite(s["sigma"]) and np.all(np.isfinite(s["cov"])) and len(s["top"]) == 5
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,7 +267,7 @@ def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
     assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur"
-    for name in NAMES:
+    for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)
         assert "'bogus'" in str(e.value) and "\n" not in str(e.value)
@@ -253,7 +277,7 @@ def test_make_proposer_rejects_unknown_methods_and_options():
         make_proposer("tpe", SPACE, 0, n_startup_trials=-1)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(PROPOSERS))
 def test_method_config_lists_the_proposers_options(name):
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / f"hydra_configs/method/{name}.yaml"))
     assert cfg == {"name": name, "options": proposer_options(name)}

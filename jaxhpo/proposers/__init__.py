@@ -9,8 +9,10 @@ from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import LLMProposer
+from jaxhpo.proposers.optuna_cmaes import OptunaCMAESProposer
 from jaxhpo.proposers.random import RandomProposer
 from jaxhpo.proposers.tpe import TPEProposer
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
 PROPOSERS: dict[str, type[Proposer]] = {
@@ -18,39 +20,44 @@ PROPOSERS: dict[str, type[Proposer]] = {
     "centaur": CentaurProposer,
 }  # fmt: skip
 
-# Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`.
-_NOT_OPTIONS = ("llm",)
+# Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
+_NOT_OPTIONS = ("llm", "protocol")
 
 
-def proposer_options(name: str) -> dict[str, Any]:
+def proposer_options(name: str, protocol: ProtocolConfig | None = None) -> dict[str, Any]:
     """The options a method takes, with their defaults (what hydra_configs/method/<name>.yaml lists)."""
-    cls = _lookup(name)
+    cls = _lookup(name, protocol)
     params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, space, seed
     return {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
 
 
-def make_proposer(name: str, space: Space, seed: int, llm: Any = None, **options: Any) -> Proposer:
-    """A fresh proposer for method `name`; ValueError (one line) for an unknown method or option.
+def make_proposer(name: str, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None,
+                  **options: Any) -> Proposer:  # fmt: skip
+    """A fresh proposer for method `name` under `protocol` (None: jaxhpo's); ValueError (one line) for an unknown
+    method or option.
 
     `llm` (an LLMClient, or None) goes to proposers whose class has `uses_llm`; the others ignore it."""
-    cls = _lookup(name)
-    known = proposer_options(name)
+    cls = _lookup(name, protocol)
+    known = proposer_options(name, protocol)
     unknown = sorted(set(options) - set(known))
     if unknown:
         valid = f"valid options: {', '.join(known)}" if known else "it takes no options"
         raise ValueError(f"unknown option {unknown[0]!r} for method {name!r}; {valid}")
     if cls.uses_llm:
-        return cls(space, seed, llm=llm, **options)
-    return cls(space, seed, **options)
+        options["llm"] = llm
+    return cls(space, seed, protocol=protocol, **options)
 
 
-def _lookup(name: str) -> type[Proposer]:
+def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
     if name not in PROPOSERS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(PROPOSERS)}")
+    if name == "cmaes" and protocol is not None and protocol.cmaes == "optuna":
+        return OptunaCMAESProposer
     return PROPOSERS[name]
 
 
 __all__ = [
-    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "RandomProposer",
+    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESProposer",
+    "RandomProposer",
     "TPEProposer", "make_proposer", "penalized_values", "proposer_options",
 ]  # fmt: skip

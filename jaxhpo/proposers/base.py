@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxhpo.journal import TrialRecord
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
 
@@ -33,13 +34,15 @@ class Proposal:
 
 class Proposer(ABC):
     """ask(history, pending) -> Proposal; tell(trial). Subclasses set `name`; those that ask an LLM set `uses_llm`, take
-    an `llm` argument (an LLMClient or None) and read `self.llm` at every ask, so a study may also assign it."""
+    an `llm` argument (an LLMClient or None) and read `self.llm` at every ask, so a study may also assign it. Every
+    proposer takes a `protocol` (jaxhpo.protocol.ProtocolConfig) and reads the keys that concern it."""
 
     name: str = "?"
     uses_llm: bool = False
 
-    def __init__(self, space: Space, seed: int):
+    def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         self.space, self.seed = space, seed
+        self.protocol = protocol or ProtocolConfig()  # the study's rules (jaxhpo.protocol), e.g. failure_value
 
     @abstractmethod
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
@@ -55,13 +58,15 @@ def trial_index(history: Sequence[TrialRecord], pending: Sequence[Mapping] = ())
     return len(history) + len(pending)
 
 
-def penalized_values(trials: Sequence[TrialRecord]) -> np.ndarray:
-    """Objective values to minimize, with failures ranked just behind the worst success.
+def penalized_values(trials: Sequence[TrialRecord], failure_value: float | None = None) -> np.ndarray:
+    """Objective values to minimize, with failures ranked just behind the worst success (or told as
+    `failure_value`, protocol.failure_value: the study's 100).
 
     TPE and CMA-ES use only the ranks of values, so a failure told as "a bit worse than anything that worked"
     steers them away from its region without inventing a magnitude (the original study's val_bpb = 100 would
     be harmless to ranks too, but would wreck any model of the values themselves).
     """
     ok = [t.val_bpb for t in trials if not t.failed]
-    worst = max(ok) if ok else 0.0
-    return np.array([worst + 1.0 if t.failed else t.val_bpb for t in trials], dtype=float)
+    if failure_value is None:
+        failure_value = (max(ok) if ok else 0.0) + 1.0
+    return np.array([failure_value if t.failed else t.val_bpb for t in trials], dtype=float)

@@ -11,7 +11,7 @@ in unit coordinates), step size σ, covariance matrix labelled by parameter and 
 the last 20 evaluations with failure reasons, the best configuration, and guidance. If the reply parses, its
 configuration -- clamped to the bounds, missing parameters filled from CMA-ES's suggestion -- is proposed with
 proposer "llm". If the LLM is missing, fails, or replies without a usable JSON object, CMA-ES's suggestion is
-proposed with proposer "llm→fallback" and the reason is recorded (the original study crashed here instead).
+proposed with proposer "llm→fallback" and the reason is recorded (the study lost the trial instead, see below).
 Every other trial runs CMA-ES's suggestion with proposer "cmaes".
 
 Telling. An LLM configuration is, to CMA-ES, an injected solution: it counts as one of the generation's
@@ -24,6 +24,15 @@ trials (the LLM's configurations as they ran) and continues exactly. The LLM is 
 Every proposal's meta holds CMA-ES's (generation, member, sigma); an LLM turn adds `llm_turn` (see
 `jaxhpo.proposers.llm`) and, when the LLM's configuration ran, `changed`: the parameters in which it differs from
 CMA-ES's suggestion.
+
+The study's Centaur (`protocol.centaur=paper`; its CMA-ES is protocol.cmaes's, Optuna's under protocol=paper).
+Its counter starts at 1 after trial 0 and grows by one per proposal that was not lost to an LLM error, and a
+trial is an LLM turn iff the counter is >= warmup and a multiple of round(1 / ratio): trials 12, 15, 18, ... The
+prompt is the study's (`jaxhpo.llm.paper.centaur_prompt`: no mean vector, the VRAM line, the top 5 of all
+finished trials), sent without a schema. Any LLM failure -- unreachable, or a reply that is not a JSON object --
+loses the trial: it never runs (proposer "llm→error"), CMA-ES is told the failure value (the study's 100) for
+its own sample, the history shows `{} → CRASHED (…)`, and as the counter did not move, the next trial is an LLM
+turn again.
 """
 
 from __future__ import annotations
@@ -32,10 +41,13 @@ import numbers
 from typing import Any, Mapping, Sequence
 
 from jaxhpo.journal import TrialRecord
+from jaxhpo.llm import paper
 from jaxhpo.llm.prompt import centaur_prompt
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.cmaes import CMAESProposer
-from jaxhpo.proposers.llm import FALLBACK, llm_turn, prompt_budget
+from jaxhpo.proposers.llm import FALLBACK, LLM_ERROR, llm_turn, paper_llm_turn, paper_rows, prompt_budget
+from jaxhpo.proposers.optuna_cmaes import OptunaCMAESProposer
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
 
@@ -53,6 +65,19 @@ def is_llm_turn(t: int, warmup: int, ratio: float) -> bool:
     return t >= warmup and (t - warmup) % llm_period(ratio) == 0
 
 
+def is_paper_llm_turn(count: int, warmup: int, ratio: float) -> bool:
+    """The study's rule: its counter (trials so far, less those lost to an LLM error) >= warmup and a multiple of
+    round(1 / ratio); with warmup 10 and ratio 0.3, trials 12, 15, 18, ..."""
+    return count >= warmup and count % llm_period(ratio) == 0
+
+
+def make_cmaes(space: Space, seed: int, population_size: int | None, sigma0: float | None,
+               protocol: ProtocolConfig | None) -> CMAESProposer | OptunaCMAESProposer:  # fmt: skip
+    """The CMA-ES protocol.cmaes names: jaxhpo's on evosax, or the study's on Optuna."""
+    cls = OptunaCMAESProposer if protocol is not None and protocol.cmaes == "optuna" else CMAESProposer
+    return cls(space, seed, population_size=population_size, sigma0=sigma0, protocol=protocol)
+
+
 class CentaurProposer(Proposer):
     """CMA-ES on every trial; an LLM may replace its proposal on the trials `is_llm_turn` picks."""
 
@@ -60,8 +85,9 @@ class CentaurProposer(Proposer):
     uses_llm = True
 
     def __init__(self, space: Space, seed: int, llm: Any = None, warmup: int = 10, ratio: float = 0.3,
-                 population_size: int | None = None, sigma0: float = 0.25):  # fmt: skip
-        super().__init__(space, seed)
+                 population_size: int | None = None, sigma0: float | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
+        super().__init__(space, seed, protocol)
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
             raise ValueError(f"centaur: warmup must be an integer >= 0 (trials before the first LLM turn), "
                              f"got {warmup!r}")
@@ -70,10 +96,15 @@ class CentaurProposer(Proposer):
                              f"got {ratio!r}")
         self.warmup, self.ratio = int(warmup), float(ratio)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
-        self.cmaes = CMAESProposer(space, seed, population_size=population_size, sigma0=sigma0)
+        if self.protocol.centaur == "jaxhpo" and self.protocol.cmaes == "optuna":
+            raise ValueError("centaur: protocol.centaur=jaxhpo shows CMA-ES's mean, which only protocol.cmaes=evosax "
+                             "exposes; set protocol.cmaes=evosax, or protocol.centaur=paper")
+        self.cmaes = make_cmaes(space, seed, population_size, sigma0, protocol)
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         suggestion = self.cmaes.ask(history, pending)
+        if self.protocol.centaur == "paper":
+            return self._ask_paper(suggestion, history, pending)
         if not is_llm_turn(trial_index(history, pending), self.warmup, self.ratio):
             return Proposal(suggestion.params, "cmaes", suggestion.meta)
         state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
@@ -83,6 +114,23 @@ class CentaurProposer(Proposer):
         meta = dict(suggestion.meta, llm_turn=turn)
         if params is None:
             return Proposal(suggestion.params, FALLBACK, meta)
+        meta["changed"] = [n for n in self.space.names if params[n] != suggestion.params[n]]
+        return Proposal(params, "llm", meta)
+
+    def _ask_paper(self, suggestion: Proposal, history: Sequence[TrialRecord],
+                   pending: Sequence[Mapping]) -> Proposal:  # fmt: skip
+        count = trial_index(history, pending) - sum(t.proposer == LLM_ERROR for t in history)
+        if not is_paper_llm_turn(count, self.warmup, self.ratio):
+            return Proposal(suggestion.params, "cmaes", suggestion.meta)
+        raw = suggestion.meta.get("optuna_params", suggestion.params)  # what CMA-ES drew, before snapping
+        prompt = paper.centaur_prompt(self.space, self.cmaes.paper_state(pending), raw, paper_rows(history),
+                                      self.protocol.available_vram)  # fmt: skip
+        params, llm_raw, turn, _ = paper_llm_turn(self.llm, "centaur", prompt, self.space)
+        meta = dict(suggestion.meta, llm_turn=turn)
+        if params is None:  # the study lost the trial on any LLM failure
+            return Proposal(suggestion.params, LLM_ERROR, dict(meta, not_run=turn["fallback"]))
+        if "optuna_params" in meta:  # Optuna's trial is told what the LLM proposed, as the study overwrote it
+            meta["optuna_params"] = {n: llm_raw[n] for n in raw}
         meta["changed"] = [n for n in self.space.names if params[n] != suggestion.params[n]]
         return Proposal(params, "llm", meta)
 

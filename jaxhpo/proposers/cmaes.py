@@ -1,7 +1,7 @@
 """CMA-ES in the space's unit cube, on evosax's `CMA_ES` (the update rules are evosax's; this file hands out members
 and collects results one trial at a time).
 
-Generations. The search starts at the space default's unit encoding with step size `sigma0` (0.25: a quarter of
+Generations. The search starts at the space default's unit encoding with step size `sigma0` (null: 0.25, a quarter of
 every range). Generation g's population of `population_size` points (default 4 + floor(3 ln d), 11 for the 14-D
 autoresearch space) is sampled by evosax with the key `fold_in(key(seed), g)` as soon as generation g - 1 has been
 updated. `ask` hands out its members in order, one per call; `tell` files each finished trial under the generation;
@@ -58,6 +58,7 @@ from evosax.algorithms import CMA_ES
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space, SpaceError
 
 # evosax jit-compiles ask/tell per algorithm object (`self` is a static argument), so share one per shape:
@@ -94,15 +95,18 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 class CMAESProposer(Proposer):
     name = "cmaes"
 
-    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float = 0.25):
-        super().__init__(space, seed)
+    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
+        super().__init__(space, seed, protocol)
         d = space.dim
         if population_size is None:
             population_size = default_population_size(d)
         if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 2:
             raise ValueError(f"cmaes: population_size must be an integer >= 2 or null, got {population_size!r}")
+        if sigma0 is None:
+            sigma0 = 0.25
         if isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or not 0 < sigma0 < 10:
-            raise ValueError(f"cmaes: sigma0 must be a number in (0, 10), got {sigma0!r}")
+            raise ValueError(f"cmaes: sigma0 must be a number in (0, 10) or null, got {sigma0!r}")
         self.population_size, self.sigma0 = population_size, float(sigma0)
         self._es = _algorithm(population_size, d)
         self._params = self._es.default_params.replace(std_init=jnp.asarray(self.sigma0, dtype=jnp.float32))
@@ -162,6 +166,17 @@ class CMAESProposer(Proposer):
             "injected_in_generation": self._injected,
         }
 
+    def paper_state(self, pending: Sequence[Mapping] = ()) -> dict:
+        """The state as the study's Centaur prompt shows it (`jaxhpo.llm.paper.cma_analysis`): trials so far (the
+        one being asked included), sigma, the top 5 told trials by told value, C over every parameter."""
+        values = penalized_values(self._told, self.protocol.failure_value)
+        top = np.argsort(values, kind="stable")[:5]
+        return {
+            "n_trials": len(self._told) + len(pending) + 1, "sigma": self._sigma,
+            "top": [(dict(self._told[i].params), float(values[i])) for i in top],
+            "cov": np.asarray(self._state.C, dtype=float).tolist(), "cov_names": list(self.space.names),
+        }  # fmt: skip
+
     # -- internals ---------------------------------------------------------------------------------------------
 
     @property
@@ -210,7 +225,7 @@ class CMAESProposer(Proposer):
 
     def _update(self) -> None:
         # evosax's CMA-ES uses only ranks: hand it exact float64 ranks (ties averaged) rather than float32 values.
-        fitness = _ranks(penalized_values(self._told)[self._told_idx])
+        fitness = _ranks(penalized_values(self._told, self.protocol.failure_value)[self._told_idx])
         key = jax.random.fold_in(self._key, self._generation)
         population = jnp.asarray(np.stack(self._solutions), dtype=jnp.float32)
         self._state, _ = self._es.tell(key, population, jnp.asarray(fitness, dtype=jnp.float32), self._state,

@@ -17,6 +17,11 @@ In a parallel study the prompt also lists the configurations still running, so t
 again.
 
 Replay: the proposer keeps no state (tell is ignored); a resumed study asks the LLM afresh for the next trial.
+
+Under `protocol.agent=paper` the prompt is the study's (`jaxhpo.llm.paper.agent_prompt`), sent without a JSON
+schema, and its reply handled as the study did: missing parameters from the space's defaults, numbers clipped, an
+unusable reply falls back to a random draw, and an LLM that cannot be reached makes a trial that never runs
+(proposer "llm→error", journaled as crashed in 0 s, as the study's runner logged it).
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxhpo.journal import TrialRecord
+from jaxhpo.llm import paper
 from jaxhpo.llm.client import LLMError, one_line
 from jaxhpo.llm.prompt import MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
+from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig
 from jaxhpo.space import Space
 
 FALLBACK = "llm→fallback"
+LLM_ERROR = "llm→error"  # protocol=paper: the LLM call failed and, as in the study, the trial never runs
 
 
 def prompt_budget(llm: Any) -> int:
@@ -115,17 +123,78 @@ class LLMProposer(Proposer):
     name = "llm"
     uses_llm = True
 
-    def __init__(self, space: Space, seed: int, llm: Any = None):
-        super().__init__(space, seed)
+    def __init__(self, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None):
+        super().__init__(space, seed, protocol)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
+        if self.protocol.agent == "paper":
+            return self._ask_paper(history, pending)
         best = best_trial(history)
         messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm))
         fallback, label = (best.params, "the best configuration") if best else (None, None)
         params, turn = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
         if params is not None:
             return Proposal(params, self.name, {"llm_turn": turn})
+        return Proposal(self._random(history, pending), FALLBACK, {"llm_turn": turn})
+
+    def _ask_paper(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> Proposal:
+        prompt = paper.agent_prompt(self.space, paper_rows(history), self.protocol.available_vram)
+        params, _, turn, unreachable = paper_llm_turn(self.llm, "llm", prompt, self.space)
+        if params is not None:
+            return Proposal(params, self.name, {"llm_turn": turn})
+        meta = {"llm_turn": turn}
+        if unreachable:
+            meta["not_run"] = turn["fallback"]
+        return Proposal(self._random(history, pending), LLM_ERROR if unreachable else FALLBACK, meta)
+
+    def _random(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> dict:
         # RandomProposer's draw for this trial: seeded by (seed, trial number), so replay-stable
-        rng = np.random.default_rng([self.seed, trial_index(history, pending)])
-        return Proposal(self.space.sample(rng), FALLBACK, {"llm_turn": turn})
+        return self.space.sample(np.random.default_rng([self.seed, trial_index(history, pending)]))
+
+
+def paper_rows(history: Sequence[TrialRecord]) -> list[paper.PaperRow]:
+    """The study's view of the history: each trial's configuration and val_bpb or error; a trial that never ran
+    because its LLM call failed as the study's runner recorded it, `{}` and the error."""
+    rows = []
+    for t in history:
+        if t.proposer == LLM_ERROR:
+            rows.append(paper.PaperRow({}, None, (t.error or "").removeprefix(NOT_RUN_PREFIX)))
+        else:
+            config = {name: t.params[name] for name in sorted(t.params)}  # the study's (ConfigSpace's) order
+            rows.append(paper.PaperRow(config, t.val_bpb, t.error if t.failed else None))
+    return rows
+
+
+def paper_llm_turn(llm: Any, kind: str, prompt: str, space: Space) -> tuple[dict | None, dict | None, dict, bool]:
+    """Ask `llm` as the study did (one user message, no response_format schema): (params or None, the reply's
+    values before snapping, the turn record, whether the LLM could not be reached). The reply is read by `paper.parse_reply`, repaired by
+    `paper.clamp` (missing parameters from the defaults) and `paper.snap_pow2`, then made valid by
+    `Space.clamp` (a category the space lacks becomes the default; the study passed it on to crash)."""
+    messages = [{"role": "user", "content": prompt}]
+    turn: dict[str, Any] = {
+        "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
+        "repairs": [], "fallback": None, "latency_s": None, "prompt_tokens": None, "completion_tokens": None,
+        "model": None, "attempts": None,
+    }  # fmt: skip
+    if llm is None:
+        turn["fallback"] = "no LLM client configured"
+        return None, None, _scrubbed(llm, turn), True
+    t0 = time.perf_counter()
+    try:
+        completion = llm.chat(messages, None)
+    except Exception as e:  # the study re-raised every client error: the trial is lost, the study goes on
+        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(f"{type(e).__name__}: {e}")
+        return None, None, _scrubbed(llm, turn), True
+    turn.update(
+        reply=completion.text, latency_s=time.perf_counter() - t0, prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
+    )  # fmt: skip
+    try:
+        raw = paper.clamp(space, paper.parse_reply(completion.text))
+    except Exception as e:  # whatever the study's parsing and clamping raised (ValueError, TypeError, OverflowError)
+        turn["fallback"] = one_line(f"{type(e).__name__}: {e}")
+        return None, None, _scrubbed(llm, turn), False
+    params, repairs = space.clamp(paper.snap_pow2(space, raw, None))
+    turn["parsed"], turn["repairs"] = params, repairs
+    return params, raw, _scrubbed(llm, turn), False

@@ -46,6 +46,7 @@ from hyperopt.base import JOB_STATE_DONE, STATUS_OK, Domain
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values, trial_index
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space, SpaceError
 
 # hyperopt logs a line per suggest at INFO; the study has its own progress output.
@@ -63,8 +64,9 @@ class TPEProposer(Proposer):
         gamma: float = tpe._default_gamma,
         n_ei_candidates: int = tpe._default_n_EI_candidates,
         prior_weight: float = tpe._default_prior_weight,
+        protocol: ProtocolConfig | None = None,
     ):
-        super().__init__(space, seed)
+        super().__init__(space, seed, protocol)
         if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int) or n_startup_trials < 0:
             raise ValueError(f"tpe: n_startup_trials must be an integer >= 0, got {n_startup_trials!r}")
         if not 0 < gamma < 1:
@@ -101,7 +103,7 @@ class TPEProposer(Proposer):
         """A hyperopt Trials holding every finished trial as a completed job with its penalized loss, and every
         pending one with the worst of those losses (the constant liar)."""
         trials = Trials()
-        losses = list(penalized_values(history))
+        losses = list(penalized_values(history, self.protocol.failure_value))
         losses += [max(losses, default=0.0)] * len(pending)
         configs = [t.params for t in history] + [dict(p) for p in pending]
         tids = trials.new_trial_ids(len(configs))

@@ -57,6 +57,8 @@ EXEMPT = {
     "trial.submitit.partition": "a partition name: only the cluster knows which exist",
     "trial.submitit.parameters": "submitit's own parameters, passed through to it",
     "llm.api_key_env": "an environment variable's name: whether it is set matters only when the LLM is asked",
+    "protocol.name": "a label for the set of rules: every rule is its own checked key",
+    "protocol.available_vram": "free text the paper prompts show the LLM",
 }
 RULES = {**FIELD_RULES, **STUDY_RULES}
 
