@@ -44,7 +44,6 @@ from model.config import KEYS_ADDED, ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
 
-
 class StudyError(ValueError):
     """A study that cannot start or resume; the message is one line."""
 

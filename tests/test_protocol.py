@@ -64,6 +64,7 @@ def test_optuna_cmaes_is_the_studys_sampler():
     gen0 = np.array([[box_position(p, prop.meta["optuna_params"][p.name]) for p in SPACE.params if p.type != "categorical"]
                      for prop in proposals[:11]])  # fmt: skip
     assert abs(gen0.mean() - 0.5) < 0.08
+    assert 0.12 < gen0.std() < 0.185  # sigma0 = 1/6 of the box: 0.15 here; sigma0 = 0.25 spreads 0.21
     assert gen0[:, SPACE.names.index("WARMUP_RATIO")].mean() > 0.2
     # WINDOW_PATTERN is drawn at random, outside CMA-ES: 13 dimensions
     state = p.paper_state()

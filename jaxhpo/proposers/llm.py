@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -81,8 +81,10 @@ def _scrubbed(llm: Any, turn: dict) -> dict:
     return {key: clean(value) for key, value in turn.items()}
 
 
-def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
-              fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
+def _chat(llm: Any, kind: str, messages: list[dict], schema: dict | None,
+          describe: Callable[[Exception], str]) -> tuple[Any, dict]:  # fmt: skip
+    """One chat request as a turn record: (the completion, or None with turn["fallback"] saying why, the turn).
+    Anything the client raises is recorded (`describe` words it) and the study goes on."""
     turn: dict[str, Any] = {
         "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
         "repairs": [], "fallback": None, "latency_s": None, "prompt_tokens": None, "completion_tokens": None,
@@ -93,17 +95,27 @@ def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback:
         return None, turn
     t0 = time.perf_counter()
     try:
-        completion = llm.chat(messages, json_schema(space))
-    except LLMError as e:
-        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(e)
-        return None, turn
-    except Exception as e:  # anything else a client raises: recorded, and the study goes on
-        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(f"{type(e).__name__}: {e}")
+        completion = llm.chat(messages, schema)
+    except Exception as e:
+        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, describe(e)
         return None, turn
     turn.update(
         reply=completion.text, latency_s=time.perf_counter() - t0, prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
     )  # fmt: skip
+    return completion, turn
+
+
+def _named(e: Exception) -> str:
+    return one_line(f"{type(e).__name__}: {e}")
+
+
+def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
+              fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
+    completion, turn = _chat(llm, kind, messages, json_schema(space),
+                             lambda e: one_line(e) if isinstance(e, LLMError) else _named(e))  # fmt: skip
+    if completion is None:
+        return None, turn
     try:
         params, repairs = parse_reply(completion.text, space, fallback, fallback_label)
     except ReplyError as e:
@@ -171,29 +183,14 @@ def paper_llm_turn(llm: Any, kind: str, prompt: str, space: Space) -> tuple[dict
     values before snapping, the turn record, whether the LLM could not be reached). The reply is read by `paper.parse_reply`, repaired by
     `paper.clamp` (missing parameters from the defaults) and `paper.snap_pow2`, then made valid by
     `Space.clamp` (a category the space lacks becomes the default; the study passed it on to crash)."""
-    messages = [{"role": "user", "content": prompt}]
-    turn: dict[str, Any] = {
-        "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
-        "repairs": [], "fallback": None, "latency_s": None, "prompt_tokens": None, "completion_tokens": None,
-        "model": None, "attempts": None,
-    }  # fmt: skip
-    if llm is None:
-        turn["fallback"] = "no LLM client configured"
+    # The study named every client error by its type (its runner logged f"{type}: {e}") and lost the trial.
+    completion, turn = _chat(llm, kind, [{"role": "user", "content": prompt}], None, _named)
+    if completion is None:
         return None, None, _scrubbed(llm, turn), True
-    t0 = time.perf_counter()
-    try:
-        completion = llm.chat(messages, None)
-    except Exception as e:  # the study re-raised every client error: the trial is lost, the study goes on
-        turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, one_line(f"{type(e).__name__}: {e}")
-        return None, None, _scrubbed(llm, turn), True
-    turn.update(
-        reply=completion.text, latency_s=time.perf_counter() - t0, prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
-    )  # fmt: skip
     try:
         raw = paper.clamp(space, paper.parse_reply(completion.text))
     except Exception as e:  # whatever the study's parsing and clamping raised (ValueError, TypeError, OverflowError)
-        turn["fallback"] = one_line(f"{type(e).__name__}: {e}")
+        turn["fallback"] = _named(e)
         return None, None, _scrubbed(llm, turn), False
     params, repairs = space.clamp(paper.snap_pow2(space, raw, None))
     turn["parsed"], turn["repairs"] = params, repairs
