@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from model.config import ModelConfig, TrainConfig
-from model.data import DataConfig, load_corpus
+from model.data import DataConfig, load_corpus, val_batches
 from model.evaluate import evaluate_run
 from model.train import train
 from tests.conftest import REPO, run_cli
@@ -18,9 +18,10 @@ from tests.conftest import REPO, run_cli
 TINY = OmegaConf.load(REPO / "hydra_configs/model/tiny.yaml")
 
 
-def tiny_config(data_cache: str, **overrides) -> TrainConfig:
+def tiny_config(data_cache: str, layout: str = "windows", **overrides) -> TrainConfig:
+    """model=tiny on the standard library, read as the default study reads it (windows) unless `layout` says."""
     model = ModelConfig(**{**OmegaConf.to_container(TINY), **overrides.pop("model", {})})
-    return TrainConfig(model=model, data=DataConfig(cache_dir=data_cache), **overrides)
+    return TrainConfig(model=model, data=DataConfig(cache_dir=data_cache, layout=layout), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,17 @@ def test_short_run_learns_well_below_uniform(trained, data_cache):
     for key in ("peak_memory_mb", "tokens_per_second", "flops_per_second", "num_params", "compile_seconds"):
         assert result[key] > 0, key
     assert json.loads((out / "result.json").read_text()) == result
+
+
+def test_packed_rows_train_and_are_scored_on_packed_rows(tmp_path, data_cache):
+    result = train(tiny_config(data_cache, "packed", max_steps=20, time_budget_s=600.0), tmp_path)
+    assert result["status"] == "ok" and result["num_steps"] == 20, result
+    corpus = load_corpus(DataConfig(cache_dir=data_cache), TINY.vocab_size)
+    rows = np.concatenate(list(val_batches(corpus.val_tokens, TINY.eval_batch_size, TINY.seq_len, TINY.eval_tokens,
+                                           "packed")))  # fmt: skip
+    nbytes = corpus.token_bytes[rows[:, 1:]]
+    uniform_bpb = math.log2(TINY.vocab_size) * (nbytes > 0).sum() / nbytes.sum()  # what guessing scores there
+    assert result["val_bpb"] < 0.8 * uniform_bpb, (result["val_bpb"], uniform_bpb)
 
 
 def test_training_stops_when_the_time_budget_is_spent(tmp_path, data_cache):
