@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = ProtocolConfig(**OmegaConf.to_container(OmegaConf.load(REPO / "hydra_configs/protocol/paper.yaml"))["protocol"])
 NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper"]  # method/protocol
 # Offline, llm is random search, and the study's Centaur loses every trial from its first LLM turn (12) on.
-LEARNERS = [n for n in NAMES if n not in ("random", "llm", "llm/paper", "centaur/paper")]
+LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper")]
 # The proposer tags each method may hand out when its LLM is unreachable (only "default" besides, for trial 0).
 TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}, "cmaes/paper": {"cmaes"},
         "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}}
@@ -266,7 +266,7 @@ def test_learns_faster_than_random(name):
 def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
-    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur"
+    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol"
     for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)
@@ -454,3 +454,22 @@ def test_tpe_needs_no_tell_and_ignores_what_it_is_told():
     _, history, proposals = study("tpe", seed=0, n=15)
     fresh = TPEProposer(SPACE, seed=0)  # never told anything: ask depends on the history alone
     assert fresh.ask(history[:14]).params == proposals[-1].params
+
+
+# -- Sobol -------------------------------------------------------------------------------------------------------
+
+
+def test_sobol_covers_the_cube_more_evenly_than_random():
+    from scipy.stats import qmc
+
+    sobol = make_proposer("sobol", SPACE, 0)
+    units = {"sobol": [], "random": []}
+    history = [record(0, SPACE.default(), 1.0, "default")]
+    for t in range(1, 65):
+        for name, p in (("sobol", sobol), ("random", make_proposer("random", SPACE, 0))):
+            x = p.ask(history)
+            units[name].append(SPACE.to_unit(x.params))
+        history.append(record(t, x.params, 1.0))
+    # the decoded grid (13 of 14 parameters are continuous or fine) keeps most of Sobol's evenness
+    d = {name: qmc.discrepancy(np.array(u)) for name, u in units.items()}
+    assert d["sobol"] < 0.8 * d["random"], d

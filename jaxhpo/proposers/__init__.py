@@ -11,13 +11,14 @@ from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import LLMProposer
 from jaxhpo.proposers.optuna_cmaes import OptunaCMAESProposer
 from jaxhpo.proposers.random import RandomProposer
+from jaxhpo.proposers.sobol import SobolProposer
 from jaxhpo.proposers.tpe import TPEProposer
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
 PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
-    "centaur": CentaurProposer,
+    "centaur": CentaurProposer, "sobol": SobolProposer,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -58,6 +59,6 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 __all__ = [
     "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESProposer",
-    "RandomProposer",
+    "RandomProposer", "SobolProposer",
     "TPEProposer", "make_proposer", "penalized_values", "proposer_options",
 ]  # fmt: skip
