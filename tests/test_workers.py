@@ -89,8 +89,8 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
         "random", tmp_path, data_cache, "study.max_trials=2", "study.workers=2", "trial.executor=submitit",
         "trial.submitit.cluster=local", *SMALL_SHAPES,
     )  # fmt: skip
-    # trials long enough to be still training when the resumed study starts
-    args = [a for a in args if not a.startswith("trial.time_budget_s=")] + ["trial.time_budget_s=15"]
+    # trials long enough to be still training when the resumed study starts, also on a loaded machine (15 s was not)
+    args = [a for a in args if not a.startswith("trial.time_budget_s=")] + ["trial.time_budget_s=40"]
     proc = subprocess.Popen([sys.executable, "-m", "jaxhpo", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     job_files = [tmp_path / f"trials/{n:04d}/submitit_job.json" for n in (0, 1)]

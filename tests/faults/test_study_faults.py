@@ -22,9 +22,12 @@ from tests.test_study import SMALL_SHAPES, study_args
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    """The study as a background process in a session of its own (a kill of its group takes all of it)."""
+    """The study as a background process in a session of its own (a kill of its group takes all of it), with
+    Ctrl-C's default disposition even where pytest itself inherited SIGINT ignored (a background job of a
+    non-interactive shell does), as an interactive user's study has it."""
     return subprocess.Popen([sys.executable, "-m", "jaxhpo", *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def journal_state(run_dir: Path) -> tuple[list[TrialRecord], list[int]]:
