@@ -38,7 +38,7 @@ from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
-from jaxhpo.trial import Outcome, check_space_keys, check_space_values, refused, trial_config
+from jaxhpo.trial import Outcome, check_space_keys, check_space_values, refused, resolve_budget, trial_config
 from jaxhpo.workers import WorkerPool
 from model.config import KEYS_ADDED, ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
@@ -150,7 +150,9 @@ class Study:
         flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})
         flat.pop("data.cache_dir")  # where the token shards are cached changes nothing they contain
         flat.update({"trial.time_budget_s": trial.time_budget_s, "trial.memory_limit_gb": trial.memory_limit_gb,
-                     "trial.compute_dtype": trial.compute_dtype})  # fmt: skip
+                     "trial.compute_dtype": trial.compute_dtype, "trial.budget": resolve_budget(trial),
+                     "trial.budget_flops": trial.budget_flops, "trial.budget_tokens": trial.budget_tokens,
+                     "trial.budget_steps": trial.budget_steps})  # fmt: skip
         return flat
 
     def _check_trials_are_journaled(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from omegaconf import OmegaConf
 from jaxhpo import lifeline
 from jaxhpo.journal import low_on_space
 from jaxhpo.space import Space, SpaceError
+from model import device
 from model.config import FIELD_RULES, TrainConfig, load_config, validate
 
 RESULT_FILE = "result.json"
@@ -52,9 +54,19 @@ class SubmititConfig:
 
 @dataclass
 class TrialConfig:
-    """The `trial:` node: what every trial of a study gets."""
+    """The `trial:` node: what every trial of a study gets.
 
-    time_budget_s: float = 20.0  # training time per trial (compilation excluded)
+    Every trial's budget is in one unit (`budget`, resolved once per study by `resolve_budget`): training time,
+    or a count that fixes each trial's number of steps before it trains (flops, tokens, steps), so that what a trial
+    scores does not depend on how busy the machine is while it runs.
+    """
+
+    # time | flops | tokens | steps; None = auto: flops on a CPU where budget_flops is set, else time
+    budget: Optional[str] = None
+    time_budget_s: float = 20.0  # budget=time: training time per trial (compilation excluded); sizes timeout_s
+    budget_flops: Optional[float] = None  # budget=flops: training FLOPs per trial (FLOPs per token × tokens)
+    budget_tokens: Optional[int] = None  # budget=tokens: training tokens per trial
+    budget_steps: Optional[int] = None  # budget=steps: optimizer steps per trial (the trainer's max_steps)
     memory_limit_gb: Optional[float] = 4.0  # per trial; None = no limit
     # GPU: the share of its memory a trial may take, in place of memory_limit_gb's cap there (protocol=paper: the
     # study's 0.543); None = memory_limit_gb's cap, or 0.9 without one. CPU runs ignore it.
@@ -146,6 +158,28 @@ def _type_name(kind: Any) -> str:
     return _TYPE_NAMES.get(get_origin(kind) or kind, getattr(kind, "__name__", str(kind)))
 
 
+# The trial.* key that sets each of the trainer's budget keys: a refusal names the key to change.
+TRIAL_BUDGET_NAMES = {"budget": "trial.budget", "time_budget_s": "trial.time_budget_s",
+                      "budget_flops": "trial.budget_flops", "budget_tokens": "trial.budget_tokens",
+                      "max_steps": "trial.budget_steps"}  # fmt: skip
+
+
+@functools.cache
+def _study_has_gpu() -> bool:
+    # Cached: asked once per study process, so that all of its trials get one unit (and nvidia-smi runs once).
+    return device._gpu_memory_bytes() is not None
+
+
+def resolve_budget(trial: TrialConfig) -> str:
+    """The unit of every trial's budget: trial.budget, or for None (auto) time where the trials get a GPU (the
+    study's machine has one, or trial.executor=submitit asks one per job) and flops where they run on a CPU, if
+    trial.budget_flops is set (time if not)."""
+    if trial.budget is not None:
+        return trial.budget
+    gpu = (trial.executor == "submitit" and trial.submitit.gpus_per_job > 0) or _study_has_gpu()
+    return "time" if gpu or trial.budget_flops is None else "flops"
+
+
 def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialConfig) -> tuple[TrainConfig, list[str]]:
     """The trainer config for `params`, with constraints between parameters repaired, and a note per repair.
 
@@ -154,7 +188,11 @@ def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialC
     cfg = OmegaConf.structured(base)
     for key, value in space.overrides(params).items():
         OmegaConf.update(cfg, key, value)
+    cfg.budget = resolve_budget(trial)
     cfg.time_budget_s = trial.time_budget_s
+    cfg.budget_flops = trial.budget_flops
+    cfg.budget_tokens = trial.budget_tokens
+    cfg.max_steps = trial.budget_steps
     cfg.memory_limit_gb = trial.memory_limit_gb
     cfg.gpu_memory_fraction = trial.gpu_memory_fraction
     cfg.compute_dtype = trial.compute_dtype
@@ -170,7 +208,7 @@ def trial_config(base: TrainConfig, space: Space, params: Mapping, trial: TrialC
         repaired = max(1, -(-m.total_batch_size // micro)) * micro
         notes.append(f"total_batch_size {m.total_batch_size} -> {repaired} (device_batch_size × seq_len = {micro})")
         m.total_batch_size = repaired
-    validate(cfg)
+    validate(cfg, TRIAL_BUDGET_NAMES)
     return cfg, notes
 
 

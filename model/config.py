@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from model.data import LAYOUTS, MIN_VOCAB_SIZE, PRETOKENIZERS, DataConfig
-from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig
+from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig, flops_per_token
 from model.optim import EMBEDDING_DTYPES, MUON_VARIANTS, OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16")
+# What a run's budget counts. Time is autoresearch's; the others fix the number of optimizer steps before training,
+# so that what a run learns does not depend on how busy the machine is.
+BUDGETS = ("time", "flops", "tokens", "steps")
+# The key that holds the budget of each unit.
+BUDGET_KEYS = {"time": "time_budget_s", "flops": "budget_flops", "tokens": "budget_tokens", "steps": "max_steps"}
 
 
 class ConfigError(ValueError):
@@ -36,8 +41,16 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    time_budget_s: float = 300.0  # training time, compilation excluded
-    max_steps: Optional[int] = None  # if set, the schedule runs on steps (deterministic) and stops there
+    # What ends the run and drives the learning-rate schedule's progress (BUDGETS): time = time_budget_s seconds of
+    # training; flops = as many steps as fit in budget_flops training FLOPs (gpt.flops_per_token × tokens, the MFU
+    # estimate); tokens = as many steps as fit in budget_tokens; steps = max_steps steps. See `budget_steps`.
+    budget: str = "time"
+    time_budget_s: float = 300.0  # budget=time: training time, compilation excluded
+    budget_flops: Optional[float] = None  # budget=flops
+    budget_tokens: Optional[int] = None  # budget=tokens
+    # budget=steps. Set under budget=time, it makes the run a steps budget as well (what it always meant: the
+    # schedule runs on steps, deterministic, and the run stops there), and time_budget_s no longer stops it.
+    max_steps: Optional[int] = None
     seed: int = 0
     compute_dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
     memory_fraction: float = 0.9  # GPU: share of device memory XLA may take
@@ -165,7 +178,10 @@ FIELD_RULES: dict[str, Rule] = {
     "data.text_column": Rule(lambda v: len(v) > 0, "must be a non-empty column name", ""),
     "data.val_fraction": interval(0, 1, open_low=True, open_high=True),  # both splits need text
     "data.max_train_bytes": optional(POSITIVE_INT, "for all the text"),
+    "budget": one_of(BUDGETS),
     "time_budget_s": positive(" seconds"),
+    "budget_flops": optional(positive(" FLOPs"), "unless budget=flops"),
+    "budget_tokens": optional(POSITIVE_INT, "unless budget=tokens"),
     "max_steps": optional(POSITIVE_INT, "to stop on the time budget"),
     "seed": Rule(lambda v: 0 <= v < 2**32, "must be an integer in [0, 2**32)", -1),  # numpy's and JAX's seeds
     "compute_dtype": one_of(DTYPES),
@@ -187,9 +203,53 @@ def check_fields(cfg: TrainConfig) -> None:
         rule.check(key, get_field(cfg, key))
 
 
-def validate(cfg: TrainConfig) -> None:
+def budget_unit(cfg: TrainConfig) -> str:
+    """What the run's budget counts: `budget`, but steps when max_steps is set under budget=time."""
+    return "steps" if cfg.budget == "time" and cfg.max_steps is not None else cfg.budget
+
+
+def flops_per_step(m: ModelConfig) -> float:
+    """Training FLOPs of one optimizer step, by the trainer's FLOPs-per-token estimate."""
+    return flops_per_token(m) * m.total_batch_size
+
+
+def budget_steps(cfg: TrainConfig) -> Optional[int]:
+    """The optimizer steps the budget allows, fixed before training: max_steps, or the most whole steps whose
+    tokens or FLOPs fit in the budget; None under a time budget, where the clock decides."""
+    unit = budget_unit(cfg)
+    if unit == "steps":
+        return cfg.max_steps
+    # //, not floor(a / b): a quotient just below n that rounds to n would allow a step past the budget.
+    if unit == "flops":
+        return int(cfg.budget_flops // flops_per_step(cfg.model))
+    if unit == "tokens":
+        return cfg.budget_tokens // cfg.model.total_batch_size
+    return None
+
+
+def _check_budget(cfg: TrainConfig, names: Mapping[str, str]) -> None:
+    unit = budget_unit(cfg)
+    key = names.get(BUDGET_KEYS[unit], BUDGET_KEYS[unit])
+    value = get_field(cfg, BUDGET_KEYS[unit])
+    _require(value is not None, key, value, f"a budget in {unit} needs it; set {key}")
+    if unit not in ("flops", "tokens"):
+        return
+    _require(
+        cfg.max_steps is None, names.get("max_steps", "max_steps"), cfg.max_steps,
+        f"a budget in {unit} fixes the number of steps; leave it null, or set {names.get('budget', 'budget')}=steps",
+    )
+    if unit == "flops":
+        one_step, fix = f"{flops_per_step(cfg.model):.2g} FLOPs", "use a smaller model"
+    else:
+        one_step, fix = f"{cfg.model.total_batch_size} tokens", "lower model.total_batch_size"
+    why = f"smaller than one step of this configuration ({one_step}); raise it or {fix}"
+    _require(budget_steps(cfg) >= 1, key, value, why)
+
+
+def validate(cfg: TrainConfig, names: Mapping[str, str] | None = None) -> None:
     """Refuse a configuration that cannot train, with one line naming the key and the fix: each field's own range
-    first, then the rules between fields."""
+    first, then the rules between fields. `names` gives the budget keys the names their values were set by (the
+    study's trial.*), so that the line names what to change."""
     check_fields(cfg)
     m = cfg.model
     width = m.model_dim
@@ -206,6 +266,7 @@ def validate(cfg: TrainConfig) -> None:
         f"must be a multiple of device_batch_size × seq_len = {micro}; try {max(1, m.total_batch_size // micro) * micro}",
     )
     _require(m.eval_tokens >= m.seq_len, "model.eval_tokens", m.eval_tokens, f"must be at least seq_len={m.seq_len}")
+    _check_budget(cfg, names or {})  # after the shape checks: a step's FLOPs need a valid shape
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -10,10 +10,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class TrainProgress:
-    """Shows step, loss, tokens/s and time left; use as a context manager and call update() each step."""
+    """Shows step, loss, tokens/s and what is left of the budget: the steps when the budget fixed their number
+    (`steps`), else the training seconds. Use as a context manager and call update() each step."""
 
-    def __init__(self, time_budget_s: float, max_steps: int | None, log_every_s: float):
-        self.budget, self.max_steps, self.log_every_s = time_budget_s, max_steps, log_every_s
+    def __init__(self, time_budget_s: float, steps: int | None, log_every_s: float):
+        self.steps, self.log_every_s = steps, log_every_s
+        self.budget = float(steps) if steps is not None else time_budget_s
         self.console = Console(file=sys.stderr)
         self.live = self.console.is_terminal
         self._last_log = time.monotonic()
@@ -36,12 +38,10 @@ class TrainProgress:
         return self._bar.__exit__(*exc)
 
     def update(self, step: int, loss: float, tok_s: float, training_seconds: float) -> None:
-        done = training_seconds
-        if self.max_steps:  # the run ends at whichever limit comes first
-            done = max(done, self.budget * step / self.max_steps)
+        done = step if self.steps is not None else training_seconds
         if self.live:
             self._bar.update(self._task, completed=done, step=step, loss=loss, tok_s=tok_s)
         elif time.monotonic() - self._last_log >= self.log_every_s:
             self._last_log = time.monotonic()
-            left = max(0.0, self.budget - done)
-            print(f"step {step}  loss {loss:.4f}  {tok_s:,.0f} tok/s  {left:.0f}s left", file=sys.stderr, flush=True)
+            left = f"{self.steps - step} steps" if self.steps is not None else f"{max(0.0, self.budget - done):.0f}s"
+            print(f"step {step}  loss {loss:.4f}  {tok_s:,.0f} tok/s  {left} left", file=sys.stderr, flush=True)

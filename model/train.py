@@ -1,16 +1,21 @@
-"""Train the GPT for a fixed time and score it in val_bpb: `train(cfg, out_dir) -> result`.
+"""Train the GPT for a fixed budget and score it in val_bpb: `train(cfg, out_dir) -> result`.
 
-As in autoresearch, the budget is *training* time: the train and eval steps are compiled ahead of time, against
-abstract shapes, and compilation is not charged. Before any parameter is allocated, the memory pre-flight
-(`model.preflight`) reads XLA's memory analysis of the compiled steps; a run predicted not to fit its memory limit
-stops there, as `oom` with `predicted: true`. Compiled programs go to a persistent cache (`compile_cache_dir`)
-that concurrent runs share: learning rates and schedule values are inputs of the step, not constants, so runs
-that differ only in them compile once.
+As in autoresearch, the budget is by default *training* time (`budget=time`): the train and eval steps are compiled
+ahead of time, against abstract shapes, and compilation is not charged. A budget in FLOPs, tokens or steps
+(`budget=flops|tokens|steps`) is instead a number of optimizer steps fixed before training, so that the result
+does not depend on how busy the machine is; one too small for a single step is refused (`invalid`). The
+learning-rate schedule's progress counts in the budget's unit (`schedule_progress`).
+
+Before any parameter is allocated, the memory pre-flight (`model.preflight`) reads XLA's memory analysis of the
+compiled steps; a run predicted not to fit its memory limit stops there, as `oom` with `predicted: true`. Compiled
+programs go to a persistent cache (`compile_cache_dir`) that concurrent runs share: learning rates and schedule
+values are inputs of the step, not constants, so runs that differ only in them compile once.
 
 Every run ends with `result.json` in its folder, whatever happens: `ok`, `oom` (XLA's RESOURCE_EXHAUSTED, or
 predicted), `diverged` (NaN loss or loss > 100), `invalid` (refused before compiling) or `crashed`.
 
-CLI: `python -m model.train model=tiny time_budget_s=30` (Hydra; configs in hydra_configs/).
+CLI: `python -m model.train model=tiny time_budget_s=30`, or `budget=flops budget_flops=5e11` (Hydra; configs
+in hydra_configs/).
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from model import device, preflight
-from model.config import ConfigError, TrainConfig, grad_accum_steps, validate
+from model.config import (
+    BUDGET_KEYS,
+    ConfigError,
+    TrainConfig,
+    budget_steps,
+    budget_unit,
+    get_field,
+    grad_accum_steps,
+    validate,
+)
 from model.data import load_corpus, train_batches, val_batches
 from model.evaluate import evaluate_bpb, make_eval_step, save_params
 from model.gpt import GPT, flops_per_token, param_count, token_losses
@@ -69,6 +83,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtr
     return train_step
 
 
+def schedule_progress(step: int, steps: int | None, training_seconds: float, time_budget_s: float) -> float:
+    """The learning-rate schedule's progress at optimizer step `step` (0-based): the share of the budget spent
+    before it. With a number of steps fixed by the budget, step / steps (the share of its FLOPs or tokens too), which
+    reaches exactly 1 once the last step is done; under a time budget, the share of the training time."""
+    return step / steps if steps is not None else training_seconds / time_budget_s
+
+
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     """Run one training; always writes OUT_DIR/result.json and returns the same dict."""
     out_dir = Path(out_dir)
@@ -97,6 +118,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
 
 def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dict:
+    unit, steps = budget_unit(cfg), budget_steps(cfg)
+    result.update(budget=unit, budget_value=get_field(cfg, BUDGET_KEYS[unit]), budget_steps=steps)
     backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb, cfg.gpu_memory_fraction)
     cache = device.enable_compile_cache(cfg.compile_cache_dir)
     m = cfg.model
@@ -139,13 +162,13 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     # is spent rather than after.
     held_out = val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens, cfg.data.layout)
     tokens_per_step = accum * m.device_batch_size * m.seq_len
-    progress_bar = TrainProgress(cfg.time_budget_s, cfg.max_steps, cfg.log_every_s)
+    progress_bar = TrainProgress(cfg.time_budget_s, steps, cfg.log_every_s)
     training_seconds, step, loss = 0.0, 0, float("nan")
     with progress_bar:
-        while training_seconds < cfg.time_budget_s and (cfg.max_steps is None or step < cfg.max_steps):
+        while (step < steps) if steps is not None else (training_seconds < cfg.time_budget_s):
             t0 = time.perf_counter()
             batch = next(batches).reshape(batch_shape.shape)
-            progress = step / cfg.max_steps if cfg.max_steps else training_seconds / cfg.time_budget_s
+            progress = schedule_progress(step, steps, training_seconds, cfg.time_budget_s)
             params, opt_state, loss_arr = step_fn(params, opt_state, batch, np.float32(progress))
             loss = float(loss_arr)  # waits for the step: the clock below measures real work
             training_seconds += time.perf_counter() - t0
@@ -161,7 +184,8 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
         save_params(out_dir, params)
 
     tokens = step * tokens_per_step
-    flops_per_s = flops_per_token(m) * tokens / training_seconds
+    flops = flops_per_token(m) * tokens
+    flops_per_s = flops / training_seconds
     peak = device.peak_flops()
     return {
         "val_bpb": round(val_bpb, 6),
@@ -172,6 +196,7 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
         "flops_per_second": float(f"{flops_per_s:.4g}"),
         "mfu_percent": round(100 * flops_per_s / peak, 2) if peak else None,
         "total_tokens": tokens,
+        "total_flops": float(f"{flops:.4g}"),
         "num_steps": step,
         "num_params": param_count(m),
         "final_train_loss": round(loss, 6),

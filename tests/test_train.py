@@ -41,6 +41,8 @@ def test_short_run_learns_well_below_uniform(trained, data_cache):
     uniform_bpb = math.log2(cfg.model.vocab_size) * counted.sum() / corpus.token_bytes[val].sum()
     assert result["val_bpb"] < 0.6 * uniform_bpb, (result["val_bpb"], uniform_bpb)
     assert result["num_steps"] == 40 and result["total_tokens"] == 40 * cfg.model.total_batch_size
+    # max_steps under budget=time is a budget in steps: the 600 s are no limit
+    assert (result["budget"], result["budget_value"], result["budget_steps"]) == ("steps", 40, 40)
     assert result["total_seconds"] > result["training_seconds"]
     for key in ("peak_memory_mb", "tokens_per_second", "flops_per_second", "num_params", "compile_seconds"):
         assert result[key] > 0, key
@@ -61,6 +63,7 @@ def test_packed_rows_train_and_are_scored_on_packed_rows(tmp_path, data_cache):
 def test_training_stops_when_the_time_budget_is_spent(tmp_path, data_cache):
     result = train(tiny_config(data_cache, time_budget_s=4.0, save_checkpoint=False), tmp_path)
     assert result["status"] == "ok", result
+    assert (result["budget"], result["budget_value"], result["budget_steps"]) == ("time", 4.0, None)
     step = result["training_seconds"] / result["num_steps"]
     # The clock is read after each step: the run ends within one step of the budget, compilation not counted.
     assert 4.0 <= result["training_seconds"] < 4.0 + 2 * step + 1.0
