@@ -6,9 +6,9 @@ budget spent by the finished ones reaches `study.budget_s` (each trial's wall ti
 `study.max_consecutive_refusals` trials were refused for the same reason, or lost to their LLM call (protocol=paper;
 neither costs time, so no budget would end them): the study then stops with that reason. A proposal whose meta
 holds `not_run` (protocol=paper: its LLM call failed) is journaled as crashed in 0 s without running, and told to
-the proposer. Settings that would fail every trial are refused before the first one (`Study.__init__`). With `study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is
-asked whenever a worker is free, with the configurations still running, and told each trial as it finishes. Only
-this process writes the journal.
+the proposer. Settings that would fail every trial are refused before the first one (`Study.__init__`). With
+`study.workers=N`, N trials run at once (`jaxhpo.workers`); the proposer is asked whenever a worker is free, with
+the configurations still running, and told each trial as it finishes. Only this process writes the journal.
 
 The journal in the run folder is the source of truth: a trial is recorded as pending before it starts and as
 finished when it ends. Running the same study in the same folder again reads the finished trials back, rebuilds
