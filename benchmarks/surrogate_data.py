@@ -1,0 +1,156 @@
+"""Real trials of model=tiny over space=tiny, the data a surrogate benchmark is fitted on: a table of every trial's
+configuration, status (real OOMs included), val_bpb, wall and training seconds.
+
+    python benchmarks/surrogate_data.py [--parts design cloud noise] [--design 512] [--cloud 128] [--seeds 4]
+                                        [--set trial.budget=flops trial.budget_flops=4.5e11 ...]
+
+Three parts, each made of ordinary jaxhpo studies under the default study's settings (its trial budget and
+memory limit) and the overrides given with `--set`, in `--work` (default outputs/surrogate_data/):
+- design: a scrambled Sobol design over the whole space (`method=sobol`), `--design` trials after trial 0;
+- cloud: a Sobol design in a box around the default configuration, ±`--radius` of each range in the unit cube
+  (categoricals keep every choice), where good configurations are dense;
+- noise: the default and the first four configurations of the design that trained, each with `--seeds` seeds
+  (a one-trial study per configuration and seed: its trial 0), to measure the spread between seeds.
+
+A study resumes where it stopped, so running the same command again continues; after every study the table
+`--out` (benchmarks/data/surrogate_tiny.csv) is rewritten from all the journals so far, with a sidecar .json
+holding the command, the trainer's commit and settings. Stop it at any time; commit the table as it grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from jaxhpo.journal import JOURNAL_FILE, Journal
+from jaxhpo.space import Space
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE_FILE = REPO / "hydra_configs" / "space" / "tiny.yaml"
+COLUMNS = ("part", "study", "seed", "trial", "status", "val_bpb", "wall_seconds", "training_seconds", "peak_memory_mb",
+           "error")  # fmt: skip
+
+
+def space_yaml(name: str, params: dict) -> str:
+    return yaml.safe_dump({"defaults": ["space_schema", "_self_"], "name": name, "params": params}, sort_keys=False)
+
+
+def tiny_params() -> dict:
+    cfg = yaml.safe_load(SPACE_FILE.read_text())
+    return cfg["params"]
+
+
+def cloud_params(radius: float) -> dict:
+    """space=tiny with every numeric range cut to the default ± radius of the range in unit coordinates."""
+    params = tiny_params()
+    space = Space("tiny", params)
+    for p in space.params:
+        if p.type == "categorical":
+            continue
+        u = p.to_unit(p.default)
+        low, high = p.from_unit(max(0.0, u - radius)), p.from_unit(min(1.0, u + radius))
+        if low == high:  # a grid too coarse for the box: keep the default's neighbours
+            levels = p.levels
+            i = levels.index(p.default)
+            low, high = levels[max(0, i - 1)], levels[min(len(levels) - 1, i + 1)]
+        params[p.name] = {**params[p.name], "low": low, "high": high}
+    return params
+
+
+def run_study(work: Path, conf: Path, name: str, method: str, seed: int, trials: int, space: str,
+              overrides: list[str]) -> None:  # fmt: skip
+    """One jaxhpo study in work/name (resumed if it exists); a failing study stops the whole script."""
+    args = [sys.executable, "-m", "jaxhpo", f"+method={method}", f"seed={seed}", f"space={space}",
+            f"--config-dir={conf}", f"hydra.run.dir={work / name}", f"study.max_trials={trials}", "study.budget_s=null",
+            f"trial.compile_cache_dir={work / 'xla_cache'}", *overrides]  # fmt: skip
+    print(f"[surrogate_data] {name}: {trials} trials", flush=True)
+    proc = subprocess.run(args, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"study {name} failed (exit {proc.returncode}); fix it and run the same command again")
+
+
+def journals(work: Path) -> list[tuple[str, str, Path]]:
+    """(part, study name, journal path) of every study in `work`, in a stable order."""
+    return [(j.parent.name.split("-")[0], j.parent.name, j) for j in sorted(work.glob(f"*/{JOURNAL_FILE}"))]
+
+
+def write_table(work: Path, out: Path, command: str) -> int:
+    """Rewrite `out` from every journal in `work`; returns the number of trials written."""
+    names = list(yaml.safe_load(SPACE_FILE.read_text())["params"])
+    rows, trainer = [], None
+    for part, study, path in journals(work):
+        with Journal(path, readonly=True) as journal:
+            trainer = trainer or journal.study_info().get("trainer")
+            for t in journal.trials():
+                rows.append({"part": part, "study": study, "seed": t.seed, "trial": t.number, "status": t.status,
+                             "val_bpb": t.val_bpb, "wall_seconds": round(t.wall_seconds, 2),
+                             "training_seconds": t.training_seconds, "peak_memory_mb": t.peak_memory_mb,
+                             "error": (t.error or "")[:200], **t.params})  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *names])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "trainer_commit": commit, "trainer": trainer, "trials": len(rows),
+         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")  # fmt: skip
+    return len(rows)
+
+
+def noise_configs(work: Path, n: int) -> list[dict]:
+    """The default configuration and the first n - 1 design configurations that trained."""
+    space = Space("tiny", tiny_params())
+    configs = [space.default()]
+    path = work / "design" / JOURNAL_FILE
+    if path.exists():
+        with Journal(path, readonly=True) as journal:
+            configs += [t.params for t in journal.trials() if t.number > 0 and t.status == "ok"][: n - 1]
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=["design", "cloud", "noise"], choices=["design", "cloud", "noise"])
+    parser.add_argument("--design", type=int, default=512, help="Sobol trials over the whole space")
+    parser.add_argument("--cloud", type=int, default=128, help="Sobol trials in the box around the default")
+    parser.add_argument("--radius", type=float, default=0.15, help="the box's half-width, in unit coordinates")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds of each noise configuration")
+    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "surrogate_data")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "data" / "surrogate_tiny.csv")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every study")
+    args = parser.parse_args()
+    command = "python benchmarks/surrogate_data.py " + " ".join(sys.argv[1:])
+    conf = args.work / "conf"
+    (conf / "space").mkdir(parents=True, exist_ok=True)
+    (conf / "space" / "surrogate_cloud.yaml").write_text(space_yaml("surrogate_cloud", cloud_params(args.radius)))
+    studies = []
+    if "design" in args.parts:
+        studies.append(("design", "sobol", 0, args.design + 1, "tiny"))
+    if "cloud" in args.parts:
+        studies.append(("cloud", "sobol", 0, args.cloud + 1, "surrogate_cloud"))
+    for name, method, seed, trials, space in studies:
+        run_study(args.work, conf, name, method, seed, trials, space, args.set)
+        print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials in {args.out}", flush=True)
+    if "noise" in args.parts:
+        for i, config in enumerate(noise_configs(args.work, 5)):
+            params = tiny_params()
+            for name, value in config.items():
+                params[name] = {**params[name], "default": value}
+            (conf / "space" / f"surrogate_noise{i}.yaml").write_text(space_yaml(f"surrogate_noise{i}", params))
+            for seed in range(args.seeds):
+                run_study(args.work, conf, f"noise-c{i}-s{seed}", "random", seed, 1, f"surrogate_noise{i}", args.set)
+            print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials", flush=True)
+
+
+if __name__ == "__main__":
+    main()
