@@ -223,7 +223,7 @@ class Space:
         u = np.asarray(u, dtype=float)
         if u.shape != (self.dim,):
             raise SpaceError(f"expected a point of dimension {self.dim}, got shape {u.shape}")
-        return {p.name: _plain(p.from_unit(x)) for p, x in zip(self.params, u)}
+        return {p.name: plain(p.from_unit(x)) for p, x in zip(self.params, u)}
 
     def sample(self, rng: np.random.Generator) -> dict:
         """A uniform draw from the unit cube, decoded."""
@@ -253,7 +253,7 @@ class Space:
                 continue
             raw = config[p.name]
             try:
-                value = _plain(p.clamp(raw))
+                value = plain(p.clamp(raw))
             except (TypeError, ValueError):
                 value = p.default
             if value != raw:
@@ -266,6 +266,6 @@ class Space:
         return {p.key: config[p.name] for p in self.params}
 
 
-def _plain(x):
+def plain(x):
     """numpy scalars -> Python numbers, so configurations serialize to JSON and compare equal."""
     return x.item() if isinstance(x, np.generic) else x

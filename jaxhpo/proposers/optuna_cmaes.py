@@ -35,7 +35,7 @@ from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.paper import snap_pow2
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import ProtocolConfig
-from jaxhpo.space import Param, Space
+from jaxhpo.space import Param, Space, plain
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -101,7 +101,7 @@ class OptunaCMAESProposer(Proposer):
 
     def snap(self, raw: Mapping[str, Any]) -> dict:
         """Optuna's values as they run: powers of two snapped (the study's rule), numpy scalars as Python's."""
-        return snap_pow2(self.space, {n: _plain(raw[n]) for n in self.space.names}, None)
+        return snap_pow2(self.space, {n: plain(raw[n]) for n in self.space.names}, None)
 
     def paper_state(self, pending: Sequence[Mapping] = ()) -> dict | None:
         """CMA-ES's state as the study's Centaur prompt read it: None until Optuna has stored an optimizer (after
@@ -118,7 +118,7 @@ class OptunaCMAESProposer(Proposer):
             names = list(self.sampler.infer_relative_search_space(self.study, t))
             return {
                 "n_trials": len(trials), "sigma": float(optimizer._sigma),
-                "top": [({n: _plain(v) for n, v in t.params.items()}, float(t.value)) for t in done[:5]],
+                "top": [({n: plain(v) for n, v in t.params.items()}, float(t.value)) for t in done[:5]],
                 "cov": optimizer._C.tolist(), "cov_names": names,
             }  # fmt: skip
         return None
@@ -127,7 +127,7 @@ class OptunaCMAESProposer(Proposer):
 
     def _ask(self) -> tuple[optuna.Trial, dict]:
         trial = self.study.ask()
-        return trial, {n: _plain(_suggest(trial, n, d)) for n, d in self._distributions.items()}
+        return trial, {n: plain(_suggest(trial, n, d)) for n, d in self._distributions.items()}
 
     def _internal(self, name: str, value: Any) -> Any:
         return self._distributions[name].to_internal_repr(value)
@@ -138,7 +138,3 @@ class OptunaCMAESProposer(Proposer):
         if self.protocol.failure_value is not None:
             return float(self.protocol.failure_value)
         return (max(self._ok) if self._ok else 0.0) + 1.0
-
-
-def _plain(x: Any) -> Any:
-    return x.item() if hasattr(x, "item") else x
