@@ -1,7 +1,7 @@
 """Real trials of model=tiny over space=tiny, the data a surrogate benchmark is fitted on: a table of every trial's
 configuration, status (real OOMs included), val_bpb, wall and training seconds.
 
-    python benchmarks/surrogate_data.py [--parts design cloud noise] [--design 512] [--cloud 128] [--seeds 4]
+    python benchmarks/surrogate_data.py [--parts design noise cloud] [--design 512] [--cloud 128] [--seeds 4]
                                         [--set trial.budget=flops trial.budget_flops=4.5e11 ...]
 
 Three parts, each made of ordinary jaxhpo studies under the default study's settings (its trial budget and
@@ -120,7 +120,7 @@ def noise_configs(work: Path, n: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["design", "cloud", "noise"], choices=["design", "cloud", "noise"])
+    parser.add_argument("--parts", nargs="+", default=["design", "noise", "cloud"], choices=["design", "cloud", "noise"])
     parser.add_argument("--design", type=int, default=512, help="Sobol trials over the whole space")
     parser.add_argument("--cloud", type=int, default=128, help="Sobol trials in the box around the default")
     parser.add_argument("--radius", type=float, default=0.15, help="the box's half-width, in unit coordinates")
@@ -133,23 +133,25 @@ def main() -> None:
     conf = args.work / "conf"
     (conf / "space").mkdir(parents=True, exist_ok=True)
     (conf / "space" / "surrogate_cloud.yaml").write_text(space_yaml("surrogate_cloud", cloud_params(args.radius)))
-    studies = []
-    if "design" in args.parts:
-        studies.append(("design", "sobol", 0, args.design + 1, "tiny"))
-    if "cloud" in args.parts:
-        studies.append(("cloud", "sobol", 0, args.cloud + 1, "surrogate_cloud"))
-    for name, method, seed, trials, space in studies:
-        run_study(args.work, conf, name, method, seed, trials, space, args.set)
+    for part in dict.fromkeys(args.parts):  # in the order given: `--parts design noise cloud` measures noise early
+        if part == "noise":
+            run_noise(args, conf, command)
+            continue
+        trials, space = (args.design, "tiny") if part == "design" else (args.cloud, "surrogate_cloud")
+        run_study(args.work, conf, part, "sobol", 0, trials + 1, space, args.set)
         print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials in {args.out}", flush=True)
-    if "noise" in args.parts:
-        for i, config in enumerate(noise_configs(args.work, 5)):
-            params = tiny_params()
-            for name, value in config.items():
-                params[name] = {**params[name], "default": value}
-            (conf / "space" / f"surrogate_noise{i}.yaml").write_text(space_yaml(f"surrogate_noise{i}", params))
-            for seed in range(args.seeds):
-                run_study(args.work, conf, f"noise-c{i}-s{seed}", "random", seed, 1, f"surrogate_noise{i}", args.set)
-            print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials", flush=True)
+
+
+def run_noise(args: argparse.Namespace, conf: Path, command: str) -> None:
+    """One-trial studies of each noise configuration under `args.seeds` seeds."""
+    for i, config in enumerate(noise_configs(args.work, 5)):
+        params = tiny_params()
+        for name, value in config.items():
+            params[name] = {**params[name], "default": value}
+        (conf / "space" / f"surrogate_noise{i}.yaml").write_text(space_yaml(f"surrogate_noise{i}", params))
+        for seed in range(args.seeds):
+            run_study(args.work, conf, f"noise-c{i}-s{seed}", "random", seed, 1, f"surrogate_noise{i}", args.set)
+        print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials", flush=True)
 
 
 if __name__ == "__main__":

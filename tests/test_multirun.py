@@ -12,7 +12,7 @@ from tests.conftest import REPO, run_cli
 from tests.test_study import SMALL_SHAPES
 
 # Two short trials a study on the tiny model, shapes capped at the default's (cheap, and compiled once a session).
-FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096", "study.max_trials=2", *SMALL_SHAPES]
+FAST = ["trial.budget=time", "trial.time_budget_s=2", "model.eval_tokens=4096", "study.max_trials=2", *SMALL_SHAPES]
 
 
 def grid_args(sweep_dir, data_cache, *extra: str) -> list[str]:

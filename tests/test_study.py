@@ -14,7 +14,7 @@ from jaxhpo.space import Space
 from tests.conftest import REPO, run_cli
 
 # Short trials on the tiny model; trial overhead (process start, compile, eval) dominates anyway.
-FAST = ["trial.time_budget_s=2", "model.eval_tokens=4096"]
+FAST = ["trial.budget=time", "trial.time_budget_s=2", "model.eval_tokens=4096"]
 # The tiny space with its shapes capped at the default's: every trial is as cheap as trial 0, for tests about
 # scheduling and bookkeeping rather than about what the proposer finds.
 SMALL_SHAPES = [
