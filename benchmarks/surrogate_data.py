@@ -12,7 +12,8 @@ memory limit) and the overrides given with `--set`, in `--work` (default outputs
 - noise: the default and the first four configurations of the design that trained, each with `--seeds` seeds
   (a one-trial study per configuration and seed: its trial 0), to measure the spread between seeds.
 
-A study resumes where it stopped, so running the same command again continues; after every study the table
+A study resumes where it stopped, so running the same command again continues (`--table-only` rewrites the table
+from the journals so far, also while a study runs); after every study the table
 `--out` (benchmarks/data/surrogate_tiny.csv) is rewritten from all the journals so far, with a sidecar .json
 holding the command, the trainer's commit and settings. Stop it at any time; commit the table as it grows.
 """
@@ -84,10 +85,13 @@ def journals(work: Path) -> list[tuple[str, str, Path]]:
 def write_table(work: Path, out: Path, command: str) -> int:
     """Rewrite `out` from every journal in `work`; returns the number of trials written."""
     names = list(yaml.safe_load(SPACE_FILE.read_text())["params"])
-    rows, trainer = [], None
+    rows, trainer, space = [], None, None
     for part, study, path in journals(work):
         with Journal(path, readonly=True) as journal:
-            trainer = trainer or journal.study_info().get("trainer")
+            info = journal.study_info()
+            trainer = trainer or info.get("trainer")
+            if part == "design":  # the whole space, which the other parts' narrower ones lie in
+                space = info.get("space")
             for t in journal.trials():
                 rows.append({"part": part, "study": study, "seed": t.seed, "trial": t.number, "status": t.status,
                              "val_bpb": t.val_bpb, "wall_seconds": round(t.wall_seconds, 2),
@@ -102,7 +106,8 @@ def write_table(work: Path, out: Path, command: str) -> int:
     tmp.replace(out)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "trainer_commit": commit, "trainer": trainer, "trials": len(rows),
+        {"command": command, "trainer_commit": commit, "trainer": trainer, "space_name": "tiny", "space": space,
+         "trials": len(rows),
          "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")  # fmt: skip
     return len(rows)
 
@@ -128,8 +133,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "surrogate_data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "data" / "surrogate_tiny.csv")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every study")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from the journals so far")
     args = parser.parse_args()
-    command = "python benchmarks/surrogate_data.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/surrogate_data.py " + " ".join(a for a in sys.argv[1:] if a != "--table-only")
+    if args.table_only:
+        print(f"[surrogate_data] table: {write_table(args.work, args.out, command)} trials in {args.out}")
+        return
     conf = args.work / "conf"
     (conf / "space").mkdir(parents=True, exist_ok=True)
     (conf / "space" / "surrogate_cloud.yaml").write_text(space_yaml("surrogate_cloud", cloud_params(args.radius)))

@@ -38,6 +38,28 @@ class MethodConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+TRAINERS = ("gpt", "surrogate")
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer/` config group: what a trial is. gpt: the Flax GPT trained in a subprocess (jaxhpo.trial);
+    surrogate: models fitted on real trials answer it in milliseconds (jaxhpo.surrogate, settings in `surrogate`)."""
+
+    name: str = "gpt"
+
+
+@dataclass
+class SurrogateConfig:
+    """trainer=surrogate: the real trials it is fitted on (a table, or journals in its place) and its models."""
+
+    table: str = "benchmarks/data/surrogate_tiny.csv"  # with its .json sidecar, from benchmarks/surrogate_data.py
+    journals: list[str] = field(default_factory=list)  # study journals to fit on instead of the table
+    regressor: str = "extra_trees"  # of val_bpb and cost: what `python -m jaxhpo.surrogate fit` scores best
+    classifier: str = "extra_trees"  # of the status (ok, oom, ...)
+    noise_std: Optional[float] = None  # val_bpb noise between seeds; None = measured from the data's repeats
+
+
 @dataclass
 class StudySettings:
     """When a study stops (after max_trials trials, once the summed trial wall time reaches budget_s, or when
@@ -63,6 +85,8 @@ class StudyConfig:
     trial: TrialConfig = field(default_factory=TrialConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)  # used only by methods that ask an LLM (llm, centaur)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)  # jaxhpo's rules, or the study's (paper)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)  # used only by trainer=surrogate
     seed: int = 0
 
 
@@ -99,6 +123,8 @@ STUDY_RULES: dict[str, Rule] = {
     "trial.submitit.cpus_per_job": POSITIVE_INT,
     "trial.submitit.mem_gb": optional(positive(), "for the cluster's default"),
     "seed": FIELD_RULES["seed"],
+    "trainer.name": one_of(TRAINERS),
+    "surrogate.noise_std": optional(non_negative(" val_bpb"), "to measure it from the data"),
     **PROTOCOL_RULES,
 }
 

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -38,7 +39,17 @@ from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
-from jaxhpo.trial import Outcome, check_space_keys, check_space_values, refused, resolve_budget, trial_config
+from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, load_table
+from jaxhpo.surrogate.model import Surrogate
+from jaxhpo.trial import (
+    Outcome,
+    check_space_keys,
+    check_space_values,
+    refused,
+    resolve_budget,
+    run_trial,
+    trial_config,
+)
 from jaxhpo.workers import WorkerPool
 from model.config import KEYS_ADDED, ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
@@ -64,6 +75,7 @@ class Study:
         self.space = Space.from_config(cfg.space, cfg.protocol.pow2_prior)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
         self._check_base()
+        self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
         self.method = cfg.method.name
         try:
             self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, protocol=cfg.protocol,
@@ -85,12 +97,25 @@ class Study:
         except ValueError as e:  # ConfigError, or OmegaConf's type error
             raise StudyError(str(e).splitlines()[0]) from None
 
+    def _surrogate(self) -> Surrogate:
+        """The fitted surrogate, once the study is checked to ask only what its data covers."""
+        s = self.cfg.surrogate
+        try:
+            obs = load_journals(s.journals) if s.journals else load_table(s.table)
+            check_covers(obs, self.space, self.base, self._trainer_flat())
+            with self.console.status(f"fitting the surrogate on {obs.source}…"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a GP's bound warnings; `jaxhpo.surrogate fit` scores the fit
+                return Surrogate(obs, s.regressor, s.classifier, s.noise_std)
+        except SurrogateError as e:
+            raise StudyError(str(e)) from None
+
     def run(self) -> dict:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_trials_are_journaled()
         with (
-            WorkerPool(self.cfg.study.workers, self.trial, self.run_dir) as pool,
+            WorkerPool(self.cfg.study.workers, self.trial, self.run_dir,
+                       run=self.surrogate.run if self.surrogate else run_trial) as pool,
             Journal(self.run_dir / JOURNAL_FILE) as journal,
             self._llm() as llm_startup_s,
         ):
@@ -104,8 +129,8 @@ class Study:
                     f"resuming: {len(history)} finished trials read from {journal.path}"
                     + (f"; running the {len(interrupted)} interrupted again" if interrupted else "")
                 )
-            # Tokenizer and token shards are built once here, not inside the first trial's time.
-            load_corpus(self.cfg.data, self.cfg.model.vocab_size)
+            if self.surrogate is None:  # tokenizer and token shards built once here, not in the first trial's time
+                load_corpus(self.cfg.data, self.cfg.model.vocab_size)
             try:
                 self._loop(pool, journal, history, interrupted)
                 stopped = None
@@ -145,7 +170,16 @@ class Study:
 
     def trainer_settings(self) -> dict:
         """What a trial measures besides its parameters, flattened: the model, optimizer and data settings and the
-        trial's budget, limit and dtype. A study resumed with other values would mix incomparable trials."""
+        trial's budget, limit and dtype; the trainer, and a surrogate's data and models. A study resumed with other
+        values would mix incomparable trials."""
+        flat = {**self._trainer_flat(), "trainer.name": self.cfg.trainer.name}
+        if self.surrogate is not None:
+            flat.update({"surrogate.data_id": self.surrogate.obs.data_id, "surrogate.noise_std": self.surrogate.noise_std,
+                         "surrogate.regressor": self.surrogate.regressor_name,
+                         "surrogate.classifier": self.surrogate.classifier_name})  # fmt: skip
+        return flat
+
+    def _trainer_flat(self) -> dict:
         trial = self.cfg.trial
         flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})
         flat.pop("data.cache_dir")  # where the token shards are cached changes nothing they contain
@@ -175,7 +209,7 @@ class Study:
         trainer = self.trainer_settings()
         stored_trainer = stored.get("trainer", trainer)  # journals before this check have none: accept them
         if "trainer" in stored:  # a key added since the journal was written had the value it has there
-            stored_trainer = {**KEYS_ADDED, **stored_trainer}
+            stored_trainer = {**KEYS_ADDED, "trainer.name": "gpt", **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
         protocol = dataclasses.asdict(self.cfg.protocol)
         if stored:  # a journal written before protocols existed ran jaxhpo's

@@ -36,7 +36,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -84,15 +84,16 @@ def slot_envs(workers: int, gpus: list[str] | None = None, cpus: list[int] | Non
 
 class WorkerPool:
     """`workers` slots running trials concurrently: `start(key, cfg, trial_dir)` takes a free slot, `wait()`
-    returns the (key, Outcome) pairs of trials that finished. Leaving the `with` block while trials run (an
+    returns the (key, Outcome) pairs of trials that finished. `run` is what runs a local trial: `run_trial`, or a
+    surrogate's. Leaving the `with` block while trials run (an
     error, Ctrl-C) kills them."""
 
-    def __init__(self, workers: int, trial: TrialConfig, run_dir: str | Path):
+    def __init__(self, workers: int, trial: TrialConfig, run_dir: str | Path, run: Callable[..., Outcome] = run_trial):
         if trial.executor not in EXECUTORS:
             raise WorkerError(f"unknown trial.executor={trial.executor!r}; choose one of: {', '.join(EXECUTORS)}")
         if workers < 1:
             raise WorkerError(f"study.workers={workers} must be at least 1")
-        self.trial, self.run_dir = trial, Path(run_dir)
+        self.trial, self.run_dir, self._run_local = trial, Path(run_dir), run
         # SLURM gives each job its own devices; only local processes need a share of this machine's.
         on_cluster = trial.executor == "submitit" and _cluster(trial.submitit) != "local"
         self._envs = [{}] * workers if on_cluster else slot_envs(workers)
@@ -154,7 +155,7 @@ class WorkerPool:
         try:
             if self.trial.executor == "submitit":
                 return _run_submitit(self.trial.submitit, self.run_dir, cfg, trial_dir, timeout_s, env, self._cancel)
-            return run_trial(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel)
+            return self._run_local(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel)
         except TrialCancelled:
             raise
         except OSError as e:

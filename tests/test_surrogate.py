@@ -1,0 +1,126 @@
+"""trainer=surrogate: models fitted on the committed table of real trials answer a study's trials; the fit is
+scored by `python -m jaxhpo.surrogate fit`; bad data or a study the data does not cover is one line, exit 2."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxhpo.journal import Journal
+from jaxhpo.surrogate.data import REPO, load_table
+from jaxhpo.surrogate.model import Surrogate, features, measured_noise
+from tests.conftest import run_cli
+
+TABLE = REPO / "benchmarks/data/surrogate_tiny.csv"
+
+
+def surrogate_study(run_dir, *extra):
+    return run_cli("jaxhpo", "+method=tpe", "trainer=surrogate", "study.budget_s=null", f"hydra.run.dir={run_dir}",
+                   *extra)  # fmt: skip
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_a_surrogate_study_is_a_study_and_answers_the_same_configuration_and_seed_the_same(tmp_path):
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=30", "surrogate.noise_std=0.05")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "a/journal.sqlite", readonly=True) as journal:
+        trials, info = journal.trials(), journal.study_info()
+    assert len(trials) == 30 and info["trainer"]["trainer.name"] == "surrogate"
+    assert all(t.wall_seconds > 0 for t in trials)  # charged with the predicted cost, not the milliseconds it took
+    assert all((t.val_bpb is not None) == (t.status == "ok") for t in trials)
+    ok = [t.val_bpb for t in trials if t.status == "ok"]
+    assert len(set(ok)) > 10 and all(0 < v < 20 for v in ok)
+    assert json.loads((tmp_path / "a/summary.json").read_text())["trials"] == 30
+    proc = surrogate_study(tmp_path / "b", "study.max_trials=30", "surrogate.noise_std=0.05")
+    with Journal(tmp_path / "b/journal.sqlite", readonly=True) as journal:
+        again = journal.trials()
+    assert [(t.params, t.val_bpb) for t in again] == [(t.params, t.val_bpb) for t in trials]
+    # the noise is drawn per seed: another seed's default configuration scores differently
+    proc = surrogate_study(tmp_path / "c", "study.max_trials=1", "surrogate.noise_std=0.05", "seed=1")
+    with Journal(tmp_path / "c/journal.sqlite", readonly=True) as journal:
+        assert journal.trials()[0].val_bpb != trials[0].val_bpb
+    # resuming under other surrogate settings would mix incomparable trials
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.1")
+    assert proc.returncode == 2 and "surrogate.noise_std=0.05, not 0.1" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_fitted_models_reproduce_the_data_they_were_fitted_on():
+    obs = load_table(TABLE)
+    surrogate = Surrogate(obs, noise_std=0.0)
+    x, rows = features(obs)
+    ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+    from jaxhpo.surrogate.data import base_configs
+    from jaxhpo.trial import trial_config
+
+    base, trial = base_configs(obs.trainer)
+    predicted = [surrogate.predict(trial_config(base, obs.space, rows[i]["params"], trial)[0]) for i in ok[:40]]
+    real = [rows[i]["val_bpb"] for i in ok[:40]]
+    assert np.corrcoef([p["val_bpb"] for p in predicted if p["val_bpb"] is not None],
+                       [r for r, p in zip(real, predicted) if p["val_bpb"] is not None])[0, 1] > 0.8  # fmt: skip
+    assert sum(p["status"] == "ok" for p in predicted) >= 0.9 * len(predicted)
+
+
+def test_measured_noise_pools_the_spread_of_repeated_configurations():
+    x = np.array([[0.1], [0.1], [0.1], [0.5], [0.5], [0.9]])
+    rows = [{"status": "ok", "seed": s, "val_bpb": v} for s, v in [(0, 1.0), (1, 1.2), (2, 1.4), (0, 2.0), (1, 2.2),
+                                                                   (0, 3.0)]]  # fmt: skip
+    std, groups = measured_noise(x, rows)
+    assert groups == 2 and std == pytest.approx(np.sqrt((2 * 0.04 + 1 * 0.02) / 3))
+    assert measured_noise(x[:1], rows[:1]) == (0.0, 0)
+
+
+def test_fit_scores_every_candidate_on_held_out_trials():
+    proc = run_cli("jaxhpo.surrogate", "fit")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("extra_trees", "random_forest", "lightgbm", "gp", "Spearman", "OOM boundary", "seed-to-seed noise"):
+        assert name in proc.stdout
+    assert "best: surrogate.regressor=" in proc.stdout
+
+
+def _copy_table(tmp_path, rows=None, sidecar=True):
+    table = tmp_path / "t.csv"
+    shutil.copy(TABLE, table)
+    if sidecar:
+        shutil.copy(TABLE.with_suffix(".json"), table.with_suffix(".json"))
+    if rows is not None:
+        with open(TABLE, newline="") as f:
+            reader = csv.DictReader(f)
+            kept = [r for r in reader][:rows]
+        with open(table, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+    return table
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "no_sidecar", "few_successes", "space", "model", "budget",
+                                  "journal_without_successes"])  # fmt: skip
+def test_bad_surrogate_input_is_one_line_and_exit_2(case, tmp_path):
+    args = {
+        "missing": lambda: [f"surrogate.table={tmp_path / 'none.csv'}"],
+        "no_sidecar": lambda: [f"surrogate.table={_copy_table(tmp_path, sidecar=False)}"],
+        "few_successes": lambda: [f"surrogate.table={_copy_table(tmp_path, rows=5)}"],
+        "space": lambda: ["space.params.DEPTH.high=8"],
+        "model": lambda: ["model.seq_len=512"],
+        "budget": lambda: ["trial.budget=hours"],
+    }.get(case, list)()
+    if case == "corrupt":
+        table = _copy_table(tmp_path)
+        table.write_text(table.read_text()[:40] + "\n\x00garbage,1,2\n" + "x" * 50)
+        args = [f"surrogate.table={table}"]
+    if case == "journal_without_successes":
+        with Journal(tmp_path / "j.sqlite") as journal:
+            journal.set_study_info({"space": load_table(TABLE).space.definition(), "trainer": {}})
+        args = [f"surrogate.journals=[{tmp_path / 'j.sqlite'}]"]
+    proc = surrogate_study(tmp_path / "run", "study.max_trials=2", *args)
+    expected = {"missing": "not found", "corrupt": "is corrupt", "no_sidecar": "has no sidecar",
+                "few_successes": "successful trials", "space": "outside what", "model": "model.seq_len=256, not 512",
+                "budget": "trial.budget", "journal_without_successes": "0 successful trials"}[case]  # fmt: skip
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run/journal.sqlite").exists()
