@@ -12,6 +12,7 @@ from omegaconf import MISSING
 from jaxhpo.llm.client import LLMConfig, check_llm_config
 from jaxhpo.protocol import PROTOCOL_RULES, ProtocolConfig
 from jaxhpo.space import SpaceConfig
+from jaxhpo.surrogate.model import CLASSIFIERS, REGRESSORS
 from jaxhpo.trial import TrialConfig
 from jaxhpo.workers import EXECUTORS
 from model.config import (
@@ -124,6 +125,8 @@ STUDY_RULES: dict[str, Rule] = {
     "trial.submitit.mem_gb": optional(positive(), "for the cluster's default"),
     "seed": FIELD_RULES["seed"],
     "trainer.name": one_of(TRAINERS),
+    "surrogate.regressor": one_of(REGRESSORS),
+    "surrogate.classifier": one_of(CLASSIFIERS),
     "surrogate.noise_std": optional(non_negative(" val_bpb"), "to measure it from the data"),
     **PROTOCOL_RULES,
 }

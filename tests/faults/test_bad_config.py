@@ -59,6 +59,8 @@ EXEMPT = {
     "llm.api_key_env": "an environment variable's name: whether it is set matters only when the LLM is asked",
     "protocol.name": "a label for the set of rules: every rule is its own checked key",
     "protocol.available_vram": "free text the paper prompts show the LLM",
+    "surrogate.table": "a path: whether it holds a table is the surrogate's check, made only under trainer=surrogate",
+    "surrogate.journals": "paths: whether they hold journals is the surrogate's check, made only under trainer=surrogate",
 }
 RULES = {**FIELD_RULES, **STUDY_RULES}
 
