@@ -42,8 +42,8 @@ def _classifiers() -> dict[str, Callable[[int], object]]:
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
     return {
-        "extra_trees": lambda d: ExtraTreesClassifier(n_estimators=100, random_state=0),
-        "random_forest": lambda d: RandomForestClassifier(n_estimators=100, random_state=0),
+        "extra_trees": lambda d: ExtraTreesClassifier(n_estimators=50, random_state=0),
+        "random_forest": lambda d: RandomForestClassifier(n_estimators=50, random_state=0),
         "lightgbm": lambda d: LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=5,
                                              random_state=0, n_jobs=1, verbose=-1),
     }  # fmt: skip

@@ -1,0 +1,46 @@
+"""What a surrogate study costs: a 100-trial TPE study on trainer=surrogate end to end (the target: under a minute
+on 2 cores), and what one surrogate trial costs the study besides its proposer (the target: under 50 ms), measured
+as the difference between random-search studies of 101 and 1 trials, side by side in one run.
+
+    python benchmarks/surrogate_speed.py [--trials 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def study_seconds(method: str, trials: int, folder: Path) -> float:
+    """Wall seconds of `python -m jaxhpo +method=METHOD trainer=surrogate` with `trials` trials, start to exit."""
+    args = [sys.executable, "-m", "jaxhpo", f"+method={method}", "trainer=surrogate", f"study.max_trials={trials}",
+            "study.budget_s=null", f"hydra.run.dir={folder}"]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tpe = study_seconds("tpe", args.trials, tmp / "tpe")
+        one = study_seconds("random", 1, tmp / "one")
+        many = study_seconds("random", args.trials + 1, tmp / "many")
+    per_trial_ms = (many - one) / args.trials * 1000
+    print(f"tpe, {args.trials} trials on the surrogate: {tpe:.1f} s end to end (target < 60 s)")
+    print(f"random, 1 trial: {one:.1f} s (start-up: imports, fitting the surrogate); {args.trials + 1} trials: "
+          f"{many:.1f} s")  # fmt: skip
+    print(f"one surrogate trial costs the study {per_trial_ms:.1f} ms besides its proposer (target < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
