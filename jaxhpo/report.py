@@ -1,6 +1,7 @@
 """What studies found: one study's summary and convergence figure, and `python -m jaxhpo.report PATH`, which compares
-every study under PATH (a study folder or a multirun folder) in report.md, report.csv, convergence.png and
-failures.png."""
+every study under PATH (a study folder or a multirun folder) in report.md, report.csv, convergence.png,
+failures.png and ranks.png. The statistics (confidence intervals, paired tests, anytime ranks, hyperparameter
+importance) are computed in jaxhpo.stats; this module gathers their inputs from the studies and renders them."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import json
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import yaml
 
+from jaxhpo import stats
 from jaxhpo.journal import JOURNAL_FILE, STATUSES, Journal, JournalError, TrialRecord
 from jaxhpo.protocol import NOT_RUN_PREFIX, charged_seconds
 
@@ -64,9 +66,10 @@ def predicted_oom(trial: TrialRecord) -> bool:
     return trial.status == "oom" and bool(trial.result.get("predicted"))
 
 
-def best_so_far(trials: Sequence[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """(cumulative trial wall time at each trial's end, best val_bpb so far; NaN before the first success)."""
-    elapsed = np.cumsum([t.wall_seconds for t in trials])
+def best_so_far(trials: Sequence[TrialRecord], budget_charge: str = "wall") -> tuple[np.ndarray, np.ndarray]:
+    """(cumulative budget charged at each trial's end, best val_bpb so far; NaN before the first success); the
+    budget as protocol.budget_charge counts it, trial wall time by default."""
+    elapsed = np.cumsum([charged_seconds(t, budget_charge) for t in trials])
     values = np.array([np.inf if t.failed else t.val_bpb for t in trials])
     best = np.minimum.accumulate(values) if len(values) else values
     return elapsed, np.where(np.isinf(best), np.nan, best)
@@ -85,7 +88,7 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
         horizon = max(c[0][-1] for c in curves)
         grid = np.linspace(0, horizon, 200)
         # Best-so-far is a step function of time: hold each value until the next trial ends.
-        ys = np.array([_step_at(grid, x, y) for x, y in curves])
+        ys = np.array([stats.step_values(grid, x, y) for x, y in curves])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no success yet at that time
             mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0, ddof=1)  # the report's table uses ddof 1
@@ -122,19 +125,17 @@ def _pyplot():
     return plt
 
 
-def _step_at(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(x, grid, side="right") - 1
-    return np.where(idx >= 0, y[np.clip(idx, 0, len(y) - 1)], np.nan)
-
-
 # ---- Comparing studies: `python -m jaxhpo.report PATH` ----
 
 DASH = "–"
 CSV_COLUMNS = (
     "method", "space_name", "space_id", "studies", "studies_with_success", "best_val_bpb_mean", "best_val_bpb_std",
     "best_val_bpb_min", "failed_pct", "oom_pct", "oom_predicted_pct", "trials", "llm_turns", "llm_fallback_pct",
-    "trial_seconds_mean", "budget_s", "budget_used_pct",
+    "trial_seconds_mean", "budget_s", "budget_used_pct", "best_val_bpb_ci_low", "best_val_bpb_ci_high",
 )  # fmt: skip
+RANK_POINTS = 201  # budget points of the anytime ranks: 0 %, 0.5 %, ..., 100 % of the common budget
+RANK_TABLE_AT = (0.25, 0.5, 1.0)  # shares of the common budget the rank table shows
+IMPORTANCE_TOP = 10  # hyperparameters shown per space
 
 
 class ReportError(ValueError):
@@ -154,6 +155,8 @@ class StudyRun:
     trials: list[TrialRecord]
     llm_turns: list[dict]
     unfinished: int  # trials started and not finished: running now, or cut off by a crash
+    budget_charge: str = "wall"  # protocol.budget_charge: what the budget charged each trial
+    space: dict = field(default_factory=dict)  # the space definition (name -> spec), {} where not recorded
 
     @property
     def best(self) -> TrialRecord | None:
@@ -194,6 +197,9 @@ def load_study(journal_path: Path) -> StudyRun:
         trials=trials,
         llm_turns=turns,
         unfinished=unfinished,
+        # A journal written before protocols existed ran jaxhpo's, which charges wall time.
+        budget_charge=(info.get("protocol") or {}).get("budget_charge", "wall"),
+        space=info.get("space") or {},
     )
 
 
@@ -257,6 +263,7 @@ def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
         trials = [t for r in runs for t in r.trials]
         turns = [turn for r in runs for turn in r.llm_turns]
         bests = [r.best.val_bpb for r in runs if r.best]
+        ci = stats.bootstrap_ci(bests) if len(bests) > 1 else None
         budgeted = [r for r in runs if r.budget_s]
         rows.append({
             "method": method,
@@ -276,6 +283,8 @@ def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
             "trial_seconds_mean": _mean([r.trial_seconds for r in runs]),
             "budget_s": _mean([r.budget_s for r in budgeted]),
             "budget_used_pct": _mean([100 * r.trial_seconds / r.budget_s for r in budgeted]),
+            "best_val_bpb_ci_low": ci[0] if ci else None,
+            "best_val_bpb_ci_high": ci[1] if ci else None,
         })  # fmt: skip
     best = "best_val_bpb_mean"
     return sorted(rows, key=lambda r: (spaces.index(r["space_id"]), r[best] is None, r[best] or 0.0, r["method"]))
@@ -323,6 +332,102 @@ def space_rows(studies: Sequence[StudyRun]) -> list[dict]:
     return rows
 
 
+def seed_bests(runs: Sequence[StudyRun]) -> dict[int, float]:
+    """Each seed's best val_bpb, over the seeds whose study found a success (a seed studied twice: its first
+    study; studies without a recorded seed cannot be paired and are left out)."""
+    first: dict[int, StudyRun] = {}
+    for run in runs:
+        if run.seed is not None:
+            first.setdefault(run.seed, run)
+    return {seed: run.best.val_bpb for seed, run in first.items() if run.best}
+
+
+def paired_rows(studies: Sequence[StudyRun]) -> list[dict]:
+    """One row per two methods on the same space (in method_rows order, the better mean as a): the Wilcoxon
+    signed-rank test of their best val_bpb paired by seed, how many seeds each won, and the mean difference."""
+    groups = group_studies(studies)
+    methods = method_rows(studies)
+    rows = []
+    for i, a in enumerate(methods):
+        for b in (b for b in methods[i + 1:] if b["space_id"] == a["space_id"]):
+            best_a = seed_bests(groups[(a["method"], a["space_id"])])
+            best_b = seed_bests(groups[(b["method"], b["space_id"])])
+            test = stats.paired_wilcoxon(best_a, best_b)
+            seeds = sorted(set(best_a) & set(best_b))
+            a_better = sum(best_a[s] < best_b[s] for s in seeds)
+            b_better = sum(best_a[s] > best_b[s] for s in seeds)
+            rows.append({
+                "method_a": a["method"], "method_b": b["method"], "space_name": a["space_name"],
+                "space_id": a["space_id"], "pairs": test.n_pairs, "a_better": a_better, "b_better": b_better,
+                "mean_difference": _mean([best_a[s] - best_b[s] for s in seeds]), "p_value": test.p_value,
+                "smallest_p": stats.smallest_wilcoxon_p(a_better + b_better) if test.p_value is not None else None,
+            })  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class RankCurves:
+    """The anytime ranks of the methods on one space."""
+
+    space_id: str
+    space_name: str
+    grid: np.ndarray  # budget charged, 0 to the smallest total any compared study spent
+    ranks: dict[str, np.ndarray]  # method -> its average rank at each grid point, in method_rows order
+    seeds: list[int]  # the seeds every method ran, over which the ranks are averaged
+    budget_charges: list[str]  # the compared studies' protocol.budget_charge values
+
+
+def rank_curves(studies: Sequence[StudyRun]) -> list[RankCurves]:
+    """Per space with two or more methods that share a seed: each method's average rank over the shared seeds at
+    each point of budget spent (stats.anytime_ranks). Studies with no finished trial, or no recorded seed, take
+    no part; the grid ends at the smallest budget any compared study spent, so that every study is still
+    running (or just finished) at each point."""
+    order = {(r["method"], r["space_id"]): i for i, r in enumerate(method_rows(studies))}
+    by_space: dict[str, dict[str, dict[int, StudyRun]]] = {}
+    for (method, space_id), runs in sorted(group_studies(studies).items(), key=lambda item: order[item[0]]):
+        seeded: dict[int, StudyRun] = {}
+        for run in runs:
+            if run.seed is not None and run.trials:
+                seeded.setdefault(run.seed, run)
+        if seeded:
+            by_space.setdefault(space_id, {})[method] = seeded
+    out = []
+    for space_id, methods in by_space.items():
+        seeds = stats.shared_seeds(methods)
+        if len(methods) < 2 or not seeds:
+            continue
+        compared = [runs[s] for runs in methods.values() for s in seeds]
+        curves = {
+            m: {s: best_so_far(runs[s].trials, runs[s].budget_charge) for s in seeds} for m, runs in methods.items()
+        }
+        grid = np.linspace(0.0, min(float(x[-1]) for by_seed in curves.values() for x, _ in by_seed.values()),
+                           RANK_POINTS)  # fmt: skip
+        out.append(RankCurves(
+            space_id=space_id, space_name=compared[0].space_name, grid=grid, ranks=stats.anytime_ranks(curves, grid),
+            seeds=seeds, budget_charges=sorted({r.budget_charge for r in compared}),
+        ))  # fmt: skip
+    return out
+
+
+def importance_rows(studies: Sequence[StudyRun]) -> list[dict]:
+    """Per space: the hyperparameters' permutation importance for val_bpb (stats.importance) from the successful
+    trials of every study on it, pooled over methods and seeds; `importance` is [] with too few trials."""
+    spaces: dict[str, list[StudyRun]] = {}
+    for study in studies:
+        spaces.setdefault(study.space_id, []).append(study)
+    rows = []
+    for space_id, runs in spaces.items():
+        ok = [t for r in runs for t in r.trials if not t.failed]
+        # The recorded definition gives types and log scales; journals without one: the names the trials used.
+        definition = next((r.space for r in runs if r.space), None)
+        names = definition or list(dict.fromkeys(name for t in ok for name in t.params))
+        rows.append({
+            "space_name": runs[0].space_name, "space_id": space_id, "trials": len(ok),
+            "importance": stats.importance([t.params for t in ok], [t.val_bpb for t in ok], names),
+        })  # fmt: skip
+    return rows
+
+
 def _num(value: float | None, spec: str) -> str:
     return DASH if value is None else format(value, spec)
 
@@ -349,13 +454,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
+def _label(method: str, row: dict, many_spaces: bool) -> str:
+    return f"{method} [{row['space_name'] or row['space_id']}]" if many_spaces else method
+
+
 def _labels(rows: Sequence[dict], many_spaces: bool) -> list[str]:
-    return [f"{r['method']} [{r['space_name'] or r['space_id']}]" if many_spaces else r["method"] for r in rows]
+    return [_label(r["method"], r, many_spaces) for r in rows]
 
 
 def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
     """The method table as Markdown; counts and percentages are over all of a method's trials."""
-    header = ["method", "studies", "best val_bpb (mean ± std)", "failed %", "OOM %", "trials (total)",
+    header = ["method", "studies", "best val_bpb (mean ± std)", "ci95", "failed %", "OOM %", "trials (total)",
               "LLM turns (total)", "LLM fallback %", "budget used / study (mean)"]  # fmt: skip
     body = []
     for label, r in zip(_labels(rows, many_spaces), rows):
@@ -371,6 +480,8 @@ def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
             f"{r['studies']}" + (f" ({without} without a success)" if without else ""),
             f"{_num(r['best_val_bpb_mean'], '.4f')} ± {_num(r['best_val_bpb_std'], '.4f')}"
             if r["best_val_bpb_mean"] is not None else DASH,
+            f"[{r['best_val_bpb_ci_low']:.4f}, {r['best_val_bpb_ci_high']:.4f}]"
+            if r["best_val_bpb_ci_low"] is not None else DASH,
             _num(r["failed_pct"], ".1f"), oom, str(r["trials"]),
             str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"), used,
         ])  # fmt: skip
@@ -387,6 +498,55 @@ def proposer_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
         for label, r in zip(_labels(rows, many_spaces), rows)
     ]  # fmt: skip
     return markdown_table(header, body)
+
+
+def paired_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
+    """The paired-test table as Markdown, or a line saying there is no pair to test."""
+    if not rows:
+        return "No two methods ran on the same space: nothing to pair."
+    header = ["method A", "method B", "seeds paired", "A better / B better", "mean best A − B", "p (Wilcoxon)",
+              "lowest p possible"]  # fmt: skip
+    body = [
+        [_label(r["method_a"], r, many_spaces), _label(r["method_b"], r, many_spaces), str(r["pairs"]),
+         f"{r['a_better']} / {r['b_better']}", _num(r["mean_difference"], "+.4f"), _num(r["p_value"], ".3g"),
+         _num(r["smallest_p"], ".3g")]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def _budget_label(curves: RankCurves) -> str:
+    return f"{_duration(float(curves.grid[-1]))} ({'/'.join(curves.budget_charges)})"
+
+
+def rank_markdown(results: Sequence[RankCurves], many_spaces: bool) -> str:
+    """The average anytime rank of each method at a few shares of the common budget, or a line saying why there
+    is none."""
+    if not results:
+        return "No two methods on the same space share a seed with a finished trial: no ranks."
+    header = ["method", "seeds", "common budget", *(f"rank at {100 * f:.0f} %" for f in RANK_TABLE_AT)]
+    body = []
+    for res in results:
+        row = {"space_name": res.space_name, "space_id": res.space_id}
+        at = [round(f * (len(res.grid) - 1)) for f in RANK_TABLE_AT]
+        for method, ranks in res.ranks.items():
+            body.append([_label(method, row, many_spaces), str(len(res.seeds)), _budget_label(res),
+                         *(f"{ranks[i]:.2f}" for i in at)])  # fmt: skip
+    return markdown_table(header, body)
+
+
+def importance_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
+    """The top hyperparameters by importance, per space, as Markdown (a line for a space with too few trials)."""
+    header = (["space"] if many_spaces else []) + ["hyperparameter", "importance (mean ± std)", "ok trials"]
+    body, short = [], []
+    for r in rows:
+        space = r["space_name"] or r["space_id"]
+        if not r["importance"]:
+            short.append(f"{space}: {_plural(r['trials'], 'successful trial')}, importance needs at least "
+                         f"{stats.IMPORTANCE_MIN_TRIALS} (with varying val_bpb).")  # fmt: skip
+        for name, mean, std in r["importance"][:IMPORTANCE_TOP]:
+            body.append(([space] if many_spaces else []) + [name, f"{mean:.3f} ± {std:.3f}", str(r["trials"])])
+    return "\n\n".join(([markdown_table(header, body)] if body else []) + short)
 
 
 def space_markdown(rows: Sequence[dict]) -> str:
@@ -451,6 +611,26 @@ def plot_failures(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: 
     plt.close(fig)
 
 
+def plot_ranks(results: Sequence[RankCurves], path: str | Path, many_spaces: bool = False) -> None:
+    """Average anytime rank (1 = best) against budget spent, one panel per space, one line per method."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(results), 1, figsize=(7, 3.6 * len(results)), dpi=120, squeeze=False)
+    for ax, res in zip(axes[:, 0], results):
+        for method, ranks in res.ranks.items():
+            ax.plot(res.grid, ranks, drawstyle="steps-post", label=method)
+        ax.set_ylim(0.8, len(res.ranks) + 0.2)
+        ax.set_yticks(range(1, len(res.ranks) + 1))
+        ax.set_xlabel(f"budget spent (s, charged as {'/'.join(res.budget_charges)})")
+        ax.set_ylabel("average rank (lower is better)")
+        title = f"{_plural(len(res.seeds), 'shared seed')}"
+        ax.set_title(f"{res.space_name or res.space_id}: {title}" if many_spaces else title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     """report.csv: the method rows, plain numbers (6 significant digits), empty cells where undefined."""
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -467,14 +647,38 @@ table did; OOM % counts status oom alone, and in brackets the share the memory p
 (predicted) rather than trials that really ran out of memory. Percentages and totals pool all trials of a method's
 studies; best val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success
 ({DASH}: fewer than two). LLM fallback %: the share of LLM turns whose reply was not used. Budget used: summed trial
-wall time per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded."""
+wall time per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded.
+ci95 is a percentile-bootstrap 95 % confidence interval of that mean (10 000 resamples of the studies' bests); it
+never reaches beyond the lowest and highest best, so with few seeds it is too narrow ({DASH}: fewer than two)."""
+
+PAIRED_NOTES = f"""\
+Each row tests two methods on the same space with a two-sided Wilcoxon signed-rank test of their best val_bpb,
+paired by seed over the seeds where both found a success: p is the chance of pairs at least this one-sided if
+neither method were better, and with n seeds of unequal bests it cannot fall below 2/2^n (lowest p possible: 5
+seeds never give less than 0.0625; {DASH}: fewer than two pairs, or all equal); the p-values are not corrected for
+the number of pairs tested."""
+
+RANK_NOTES = """\
+Each method's rank among the methods on its space (1 = the lowest best-so-far val_bpb, ties share the average
+rank, no success yet ranks last) at each point of budget spent as the study charged it (protocol.budget_charge;
+budget rather than trial number, because it is what the studies were given and trials differ in length), averaged
+over the seeds every method ran, from 0 to the smallest budget any compared study spent; ranks.png draws it at
+every point."""
+
+IMPORTANCE_NOTES = """\
+Importance is how much a random forest fitted to the space's successful trials (all methods and seeds pooled;
+log-scaled ranges as logarithms, categoricals by their index) worsens on held-out trials when that
+hyperparameter's values are shuffled: the rise in held-out mean squared error in units of val_bpb's variance
+(mean ± std over 5 cross-validation folds × 5 shuffles; about 0 or below: not used, near or above 1: it drives the
+prediction); it describes where the methods searched, not the whole space, and says nothing about failures."""
 
 PROPOSER_NOTES = """\
 improvements: trials that lowered their study's best-so-far val_bpb (a study's first success included)."""
 
 
 def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Sequence[str] = ()) -> str:
-    """Write report.md, report.csv, convergence.png and failures.png into `out`; returns the Markdown."""
+    """Write report.md, report.csv, convergence.png, failures.png and ranks.png into `out`; returns the
+    Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     rows = method_rows(studies)
     many_spaces = len({s.space_id for s in studies}) > 1
@@ -485,6 +689,7 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         for label, r in zip(_labels(rows, many_spaces), rows)
     }
     n_trials = sum(len(s.trials) for s in studies)
+    ranks = rank_curves(studies)
     parts = [
         "# Study comparison",
         f"{_plural(len(studies), 'study', 'studies')} under `{root}`, {_plural(n_trials, 'finished trial')}.",
@@ -492,6 +697,15 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         "## Methods",
         method_markdown(rows, many_spaces),
         NOTES,
+        "## Paired tests",
+        paired_markdown(paired_rows(studies), many_spaces),
+        PAIRED_NOTES,
+        "## Anytime ranks",
+        rank_markdown(ranks, many_spaces),
+        RANK_NOTES,
+        "## Hyperparameter importance",
+        importance_markdown(importance_rows(studies), many_spaces),
+        IMPORTANCE_NOTES,
         "## Proposers",
         proposer_markdown(proposer_rows(studies), many_spaces),
         PROPOSER_NOTES,
@@ -506,6 +720,9 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         plot_failures(trials_by_label, out / "failures.png")
         parts += ["## Figures", "![best val_bpb so far against trial time](convergence.png)",
                   "![failed trials per method](failures.png)"]  # fmt: skip
+    if ranks:
+        plot_ranks(ranks, out / "ranks.png", many_spaces)
+        parts.append("![average rank of each method against budget spent](ranks.png)")
     markdown = "\n\n".join(parts) + "\n"
     (out / "report.md").write_text(markdown, encoding="utf-8")
     return markdown
@@ -515,8 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m jaxhpo.report PATH [--out DIR]`: print the comparison and write its files; 2 on a usage error."""
     parser = argparse.ArgumentParser(
         prog="python -m jaxhpo.report",
-        description="Compare the studies under PATH: report.md (also printed), report.csv, convergence.png and "
-        "failures.png.",
+        description="Compare the studies under PATH: report.md (also printed), report.csv, convergence.png, "
+        "failures.png and ranks.png.",
     )
     parser.add_argument("path", type=Path, metavar="PATH", help="a study folder, or a folder of studies (multirun)")
     parser.add_argument("--out", type=Path, help="where to write the report files (default: PATH)")

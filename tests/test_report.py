@@ -5,10 +5,11 @@ import statistics
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxhpo.journal import Journal, PendingTrial, TrialRecord
-from jaxhpo.report import plot_convergence, plot_failures
+from jaxhpo.report import best_so_far, plot_convergence, plot_failures
 from tests.conftest import run_cli
 
 SPACE_ID, SPACE_NAME = "space-abc123", "tiny"
@@ -30,8 +31,10 @@ LLM = {
 }  # fmt: skip
 
 
-def write_study(folder: Path, method: str, seed: int, trials: list[tuple], info: dict | None = None) -> Path:
-    """A study folder whose journal holds `trials` (see TPE) and the study info the study loop writes."""
+def write_study(folder: Path, method: str, seed: int, trials: list[tuple], info: dict | None = None,
+                params: list[dict] | None = None) -> Path:  # fmt: skip
+    """A study folder whose journal holds `trials` (see TPE) and the study info the study loop writes; trial i's
+    configuration is params[i], {"DEPTH": i + 1} without `params`."""
     folder.mkdir(parents=True)
     info = {"method": method, "space_id": SPACE_ID, "seed": seed, "space": {}, "space_name": SPACE_NAME, **(info or {})}
     with Journal(folder / "journal.sqlite") as journal:
@@ -39,7 +42,8 @@ def write_study(folder: Path, method: str, seed: int, trials: list[tuple], info:
         for number, (proposer, status, val_bpb, wall, fallback) in enumerate(trials):
             status, _, predicted = status.partition(" ")
             record = TrialRecord(
-                number=number, params={"DEPTH": number + 1}, space_id=info["space_id"], method=method,
+                number=number, params=params[number] if params else {"DEPTH": number + 1},
+                space_id=info["space_id"], method=method,
                 proposer=proposer, status=status, val_bpb=val_bpb,
                 error=None if status == "ok" else f"{status} in trial {number}",
                 wall_seconds=float(wall), training_seconds=None, peak_memory_mb=None,
@@ -105,6 +109,8 @@ def test_method_table_one_row_per_method_with_the_numbers(reported):
     assert llm["studies"] == "2" and tpe["studies"] == "2"
     assert llm["best val_bpb (mean ± std)"] == best_cell([0.95, 0.96]) == "0.9550 ± 0.0071"
     assert tpe["best val_bpb (mean ± std)"] == best_cell([0.98, 0.97]) == "0.9750 ± 0.0071"
+    # Bootstrap of the mean of two bests: every resample's mean lies between them, and both ends are reached.
+    assert (llm["ci95"], tpe["ci95"]) == ("[0.9500, 0.9600]", "[0.9700, 0.9800]")
     # tpe: 1 oom + (1 crashed, 1 oom) of 8; llm: (1 diverged) + (1 oom) of 8.
     assert (tpe["failed %"], tpe["OOM %"]) == ("37.5", "25.0 (12.5 predicted)")
     assert (llm["failed %"], llm["OOM %"]) == ("25.0", "12.5")
@@ -136,6 +142,77 @@ def test_report_csv_holds_the_same_rows_as_numbers(reported):
     assert tpe["llm_turns"] == "0" and tpe["llm_fallback_pct"] == ""
     assert float(tpe["trial_seconds_mean"]) == 31 and float(tpe["budget_s"]) == 100
     assert float(tpe["budget_used_pct"]) == 31 and float(llm["budget_used_pct"]) == 80
+    assert float(llm["best_val_bpb_ci_low"]) == pytest.approx(0.95) and float(llm["best_val_bpb_ci_high"]) == (
+        pytest.approx(0.96))
+    assert float(tpe["best_val_bpb_ci_low"]) == pytest.approx(0.97)
+
+
+def test_paired_tests_anytime_ranks_and_importance(reported):
+    out = reported[1].stdout
+    (pair,) = table(out, "Paired tests")
+    assert (pair["method A"], pair["method B"], pair["seeds paired"], pair["A better / B better"]) == (
+        "llm", "tpe", "2", "2 / 0")
+    assert pair["mean best A − B"] == "-0.0200"  # (0.95 - 0.98 + 0.96 - 0.97) / 2
+    assert pair["p (Wilcoxon)"] == pair["lowest p possible"] == "0.5"  # 2 seeds can never give less
+    assert "2/2^n" in out and "Wilcoxon signed-rank" in out
+    # The common budget is tpe seed 1's 27 s; at 25 % and 50 % both methods still hold the default's 1.0 on
+    # both seeds (a tie: 1.5), by 27 s llm is ahead on both.
+    ranks = {r["method"]: r for r in table(out, "Anytime ranks")}
+    assert list(ranks) == ["llm", "tpe"]
+    assert [ranks["llm"][f"rank at {p} %"] for p in (25, 50, 100)] == ["1.50", "1.50", "1.00"]
+    assert [ranks["tpe"][f"rank at {p} %"] for p in (25, 50, 100)] == ["1.50", "1.50", "2.00"]
+    assert ranks["llm"]["seeds"] == "2" and ranks["llm"]["common budget"] == "27 s (wall)"
+    assert "](ranks.png)" in out
+    (depth,) = table(out, "Hyperparameter importance")
+    assert depth["hyperparameter"] == "DEPTH" and depth["ok trials"] == "11"
+    mean, std = map(float, depth["importance (mean ± std)"].split(" ± "))
+    assert std >= 0
+    for heading in ("Paired tests", "Anytime ranks", "Hyperparameter importance"):
+        section = out.split(f"## {heading}\n", 1)[1].split("##", 1)[0]
+        assert [line for line in section.splitlines() if line and not line.startswith("|")], heading  # a note
+
+
+def test_many_seeds_give_a_significant_pair_and_importance_from_the_recorded_space(tmp_path):
+    """6 seeds where cmaes beats random on every one; the journal's space definition gives the types."""
+    rng = np.random.default_rng(0)
+    space = {"space": {"DEPTH": {"type": "int", "key": "model.depth", "low": 1, "high": 8, "default": 1},
+                       "WARMUP": {"type": "float", "key": "train.warmup", "low": 0.0, "high": 1.0, "default": 0.0},
+                       "ACT": {"type": "categorical", "key": "model.act", "choices": ["relu", "gelu"],
+                               "default": "relu"}}}  # fmt: skip
+    for seed in range(6):
+        for method, second in (("cmaes", 0.90), ("random", 0.95)):
+            trials = [("default", "ok", 1.0, 10, None), (method, "ok", second - seed / 1000, 10, None),
+                      (method, "ok", 1.05 + seed / 1000, 10, None)]  # fmt: skip
+            params = [{"DEPTH": depth, "WARMUP": float(rng.uniform()), "ACT": str(rng.choice(["relu", "gelu"]))}
+                      for depth in (1, 2, 3)]  # fmt: skip
+            write_study(tmp_path / method / f"seed{seed}", method, seed, trials, space, params)
+    out = report(tmp_path).stdout
+    methods = {r["method"]: r for r in table(out, "Methods")}
+    low, high = (float(x) for x in methods["cmaes"]["ci95"].strip("[]").split(", "))
+    assert 0.895 <= low < 0.8975 < high <= 0.9  # around the mean of the bests 0.900, 0.899, ..., 0.895
+    (pair,) = table(out, "Paired tests")
+    assert (pair["method A"], pair["method B"], pair["seeds paired"], pair["A better / B better"]) == (
+        "cmaes", "random", "6", "6 / 0")
+    assert float(pair["p (Wilcoxon)"]) == pytest.approx(2 / 2**6, rel=1e-2) and float(pair["p (Wilcoxon)"]) < 0.05
+    ranks = {r["method"]: r for r in table(out, "Anytime ranks")}
+    assert (ranks["cmaes"]["rank at 100 %"], ranks["random"]["rank at 100 %"]) == ("1.00", "2.00")
+    assert ranks["cmaes"]["rank at 25 %"] == "1.50"  # 7.5 s: no trial finished yet
+    rows = table(out, "Hyperparameter importance")
+    assert sorted(r["hyperparameter"] for r in rows) == ["ACT", "DEPTH", "WARMUP"]
+    assert rows[0]["hyperparameter"] == "DEPTH" and {r["ok trials"] for r in rows} == {"36"}
+    assert (tmp_path / "ranks.png").stat().st_size > 10_000
+
+
+def test_best_so_far_counts_the_budget_as_charged():
+    trials = [TrialRecord(number=i, params={}, space_id=SPACE_ID, method="tpe", proposer="tpe", status=status,
+                          val_bpb=val, error=None, wall_seconds=10.0, training_seconds=6.0, peak_memory_mb=None,
+                          started_at=0.0, ended_at=0.0, seed=0)
+              for i, (status, val) in enumerate([("oom", None), ("ok", 0.99), ("ok", 1.2)])]  # fmt: skip
+    x, y = best_so_far(trials)
+    np.testing.assert_array_equal(x, [10, 20, 30])
+    np.testing.assert_array_equal(y, [np.nan, 0.99, 0.99])
+    x, _ = best_so_far(trials, "training")  # the study's rule: an ok trial its training seconds
+    np.testing.assert_array_equal(x, [10, 16, 22])
 
 
 def test_proposer_table_traces_each_win_to_its_proposer(reported):
@@ -171,11 +248,12 @@ def test_space_and_study_tables(reported):
 def test_figures_are_written_and_linked(multirun, tmp_path):
     out = tmp_path / "elsewhere"
     proc = report(multirun, "--out", str(out))
-    for name in ("convergence.png", "failures.png"):
+    for name in ("convergence.png", "failures.png", "ranks.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / name).stat().st_size > 10_000
         assert f"]({name})" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "convergence.png", "failures.png"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "convergence.png", "failures.png",
+                                               "ranks.png"}  # fmt: skip
     assert not (multirun / "report.md").exists()
 
 
@@ -184,8 +262,32 @@ def test_a_single_study_folder(multirun):
     (row,) = table(proc.stdout, "Methods")
     assert (row["method"], row["studies"], row["best val_bpb (mean ± std)"]) == ("tpe", "1", "0.9700 ± –")
     assert (row["failed %"], row["OOM %"]) == ("50.0", "25.0")
+    assert row["ci95"] == "–"  # one seed: no interval
     assert table(proc.stdout, "Studies")[0]["study"] == "."
     assert (multirun / "tpe" / "seed1" / "report.md").is_file()
+    # One method on one seed: nothing to pair or rank, too few trials for importance; each section says so.
+    assert "nothing to pair" in proc.stdout and "no ranks" in proc.stdout
+    assert "2 successful trials, importance needs at least 10" in proc.stdout
+    assert not (multirun / "tpe" / "seed1" / "ranks.png").exists() and "ranks.png)" not in proc.stdout
+
+
+def test_one_seed_per_method_still_pairs_and_ranks(tmp_path):
+    write_study(tmp_path / "tpe" / "seed0", "tpe", 0, TPE[0])
+    write_study(tmp_path / "llm" / "seed0", "llm", 0, LLM[0])
+    write_study(tmp_path / "random" / "seed0", "random", 0, [("default", "oom", None, 5, None),
+                                                            ("random", "crashed", None, 30, None)])  # fmt: skip
+    proc = report(tmp_path)
+    methods = {r["method"]: r for r in table(proc.stdout, "Methods")}
+    assert {r["ci95"] for r in methods.values()} == {"–"}
+    pairs = {(r["method A"], r["method B"]): r for r in table(proc.stdout, "Paired tests")}
+    assert list(pairs) == [("llm", "tpe"), ("llm", "random"), ("tpe", "random")]
+    assert (pairs[("llm", "tpe")]["seeds paired"], pairs[("llm", "tpe")]["p (Wilcoxon)"]) == ("1", "–")
+    assert (pairs[("llm", "random")]["seeds paired"], pairs[("llm", "random")]["mean best A − B"]) == ("0", "–")
+    ranks = {r["method"]: r for r in table(proc.stdout, "Anytime ranks")}
+    # Up to tpe's 35 s: random never succeeds (last); llm's 0.95 at 20 s beats tpe's 0.98.
+    assert [ranks[m]["rank at 100 %"] for m in ("llm", "tpe", "random")] == ["1.00", "2.00", "3.00"]
+    assert ranks["random"]["common budget"] == "35 s (wall)"
+    assert (tmp_path / "ranks.png").stat().st_size > 10_000
 
 
 def test_studies_on_two_spaces_get_a_row_per_method_and_space(multirun):
@@ -220,6 +322,11 @@ def test_seed_without_success_and_study_without_trials_do_not_break_mean_or_std(
         "1 (1 without a success)", "–", "–", "0")
     studies = {r["study"]: r for r in table(proc.stdout, "Studies")}
     assert studies["random/seed0"]["trials"] == "0 (+1 unfinished)" and studies["tpe/seed2"]["ok"] == "0"
+    # tpe seed 2 (no success) has no llm partner, random's study has no trial: the same pair and ranks as before.
+    pairs = {(r["method A"], r["method B"]): r["seeds paired"] for r in table(proc.stdout, "Paired tests")}
+    assert pairs == {("llm", "tpe"): "2", ("llm", "random"): "0", ("tpe", "random"): "0"}
+    ranks = {r["method"]: r for r in table(proc.stdout, "Anytime ranks")}
+    assert list(ranks) == ["llm", "tpe"] and ranks["tpe"]["rank at 100 %"] == "2.00"
     assert (multirun / "convergence.png").stat().st_size > 10_000 and (multirun / "failures.png").is_file()
 
 
