@@ -47,7 +47,6 @@ from jaxhpo.trial import (
     check_space_values,
     refused,
     resolve_budget,
-    run_trial,
     trial_config,
 )
 from jaxhpo.workers import WorkerPool
@@ -109,13 +108,19 @@ class Study:
         except SurrogateError as e:
             raise StudyError(str(e)) from None
 
+    def _pool(self) -> WorkerPool:
+        if self.surrogate is None:
+            return WorkerPool(self.cfg.study.workers, self.trial, self.run_dir)
+        # A surrogate trial is a prediction in this process, wherever real trials would run.
+        local = dataclasses.replace(self.trial, executor="local")
+        return WorkerPool(self.cfg.study.workers, local, self.run_dir, run=self.surrogate.run)
+
     def run(self) -> dict:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_trials_are_journaled()
         with (
-            WorkerPool(self.cfg.study.workers, self.trial, self.run_dir,
-                       run=self.surrogate.run if self.surrogate else run_trial) as pool,
+            self._pool() as pool,
             Journal(self.run_dir / JOURNAL_FILE) as journal,
             self._llm() as llm_startup_s,
         ):

@@ -124,3 +124,11 @@ def test_bad_surrogate_input_is_one_line_and_exit_2(case, tmp_path):
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "run/journal.sqlite").exists()
+
+
+def test_a_surrogate_study_answers_in_process_whatever_the_executor(tmp_path):
+    proc = surrogate_study(tmp_path, "study.max_trials=3", "trial.executor=submitit", "trial.submitit.cluster=local")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        assert len(journal.trials()) == 3
+    assert not (tmp_path / "submitit").exists()

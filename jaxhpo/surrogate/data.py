@@ -21,8 +21,12 @@ from model.config import KEYS_ADDED, TrainConfig, get_field
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_SUCCESSES = 10  # fewer ok trials than this fit nothing worth optimizing against
-# The trainer settings that say how a trial was run, not what it measured: they may differ from the data's.
-NOT_MEASURED = ("trial.time_budget_s",)
+
+
+def _measured(key: str, settings: Mapping[str, Any]) -> bool:
+    """Whether a trainer setting changes what a trial measures: all do, but the time budget under another unit
+    (it only sets the timeout there)."""
+    return not (key == "trial.time_budget_s" and settings.get("trial.budget") != "time")
 
 
 class SurrogateError(ValueError):
@@ -156,7 +160,7 @@ def _merge_spaces(definitions: Sequence[Mapping[str, Mapping]]) -> dict:
 
 def _first_difference(a: Mapping, b: Mapping) -> str | None:
     for key in sorted(set(a) | set(b)):
-        if key not in NOT_MEASURED and a.get(key) != b.get(key):
+        if _measured(key, a) and a.get(key) != b.get(key):
             return f"{key}={a.get(key)!r} vs {b.get(key)!r}"
     return None
 
@@ -191,7 +195,7 @@ def check_covers(obs: Observations, space: Space, base: TrainConfig, trainer: Ma
         if key not in searched and not q.contains(value):
             raise SurrogateError(f"{key}={value!r} is outside what {obs.source} covers ({_extent(q)})")
     for key, value in trainer.items():
-        if key in covered or key in NOT_MEASURED or key not in obs.trainer:
+        if key in covered or not _measured(key, trainer) or key not in obs.trainer:
             continue
         if obs.trainer[key] != value:
             raise SurrogateError(f"{obs.source} was measured with {key}={obs.trainer[key]!r}, not {value!r}; use "
