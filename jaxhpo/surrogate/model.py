@@ -80,6 +80,7 @@ def encode(space: Space, values: Mapping[str, object]) -> np.ndarray:
 
 
 def key_values(space: Space, cfg: TrainConfig) -> dict:
+    """The values `cfg` trains with for the keys the space sets."""
     return {p.key: get_field(cfg, p.key) for p in space.params}
 
 
@@ -174,6 +175,7 @@ class Surrogate:
 
 
 def fit_classifier(name: str, x: np.ndarray, status: np.ndarray):
+    """The status classifier `name` fitted on (x, status); a constant one where the data has a single status."""
     if len(set(status)) == 1:
         return _Constant(str(status[0]))
     return _classifiers()[name](x.shape[1]).fit(x, status)
