@@ -99,6 +99,12 @@ def features(obs: Observations) -> tuple[np.ndarray, list[dict]]:
     return np.array(xs), kept
 
 
+def with_status(x: np.ndarray, status, statuses: list[str]) -> np.ndarray:
+    """Features with the status one-hot appended: what the cost regressor sees."""
+    onehot = np.array([[float(s == c) for c in statuses] for s in np.atleast_1d(status)])
+    return np.hstack([x, onehot])
+
+
 def measured_noise(x: np.ndarray, rows: list[dict]) -> tuple[float, int]:
     """The pooled standard deviation of val_bpb between seeds of one configuration, and how many configurations
     with two or more seeds it pools (0: the data repeats none, the noise is 0)."""
@@ -131,20 +137,16 @@ class Surrogate:
         status = np.array([r["status"] for r in rows])
         ok = status == "ok"
         self.status_model = fit_classifier(classifier, x, status)
-        self.val_model = _regressors()[regressor](x.shape[1]).fit(x[ok], [r["val_bpb"] for r, k in zip(rows, ok) if k])
+        make = _regressors()[regressor]
+        self.val_model = make(x.shape[1]).fit(x[ok], [r["val_bpb"] for r, k in zip(rows, ok) if k])
         wall = np.log(np.maximum([r["wall_seconds"] for r in rows], 1e-3))
-        self.wall_model = _regressors()[regressor](x.shape[1] + len(self.statuses)).fit(self._with_status(x, status),
-                                                                                         wall)  # fmt: skip
+        self.wall_model = make(x.shape[1] + len(self.statuses)).fit(with_status(x, status, self.statuses), wall)
         train_rows = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["training_seconds"] is not None]
-        self.train_model = _regressors()[regressor](x.shape[1]).fit(
+        self.train_model = make(x.shape[1]).fit(
             x[train_rows], np.log(np.maximum([rows[i]["training_seconds"] for i in train_rows], 1e-3))
         ) if len(train_rows) >= 2 else None  # fmt: skip
         measured, self.noise_groups = measured_noise(x, rows)
         self.noise_std = measured if noise_std is None else float(noise_std)
-
-    def _with_status(self, x: np.ndarray, status) -> np.ndarray:
-        onehot = np.array([[float(s == c) for c in self.statuses] for s in np.atleast_1d(status)])
-        return np.hstack([x, onehot])
 
     def predict(self, cfg: TrainConfig) -> dict:
         """How the trial of `cfg` ends: status, val_bpb (with noise drawn for its seed and configuration: the
@@ -154,7 +156,7 @@ class Surrogate:
         proba = self.status_model.predict_proba(x)[0]
         classes = list(self.status_model.classes_)
         status = str(classes[int(np.argmax(proba))])
-        wall = float(np.exp(self.wall_model.predict(self._with_status(x, status))[0]))
+        wall = float(np.exp(self.wall_model.predict(with_status(x, status, self.statuses))[0]))
         out = {"status": status, "wall_seconds": wall, "training_seconds": None, "val_bpb": None,
                "p_status": {str(c): round(float(p), 4) for c, p in zip(classes, proba)}}  # fmt: skip
         if status == "ok":
@@ -193,7 +195,7 @@ def cross_validate(obs: Observations, folds: int = 5) -> dict:
     ok = np.flatnonzero(status == "ok")
     y = np.array([rows[i]["val_bpb"] for i in ok])
     wall = np.log(np.maximum([r["wall_seconds"] for r in rows], 1e-3))
-    onehot = np.array([[float(s == c) for c in sorted(set(status))] for s in status])
+    xw = with_status(x, status, sorted(set(status)))
     kfold = KFold(n_splits=min(folds, len(ok)), shuffle=True, random_state=0)
     regressors = _regressors()
     out = {"regressors": {}, "classifiers": {}, "trials": len(rows), "ok": len(ok),
@@ -203,7 +205,6 @@ def cross_validate(obs: Observations, folds: int = 5) -> dict:
         for train, test in kfold.split(ok):
             pred[test] = regressors[name](x.shape[1]).fit(x[ok[train]], y[train]).predict(x[ok[test]])
         for train, test in kfold.split(x):
-            xw = np.hstack([x, onehot])
             wall_pred[test] = regressors[name](xw.shape[1]).fit(xw[train], wall[train]).predict(xw[test])
         out["regressors"][name] = {"r2": float(r2_score(y, pred)), "spearman": float(spearmanr(y, pred).statistic),
                                    "cost_r2": float(r2_score(wall, wall_pred))}  # fmt: skip
