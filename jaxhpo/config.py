@@ -60,6 +60,7 @@ class SurrogateConfig:
     regressor: str = "gp"
     classifier: str = "extra_trees"
     noise_std: Optional[float] = None  # val_bpb noise between seeds; None = measured from the data's repeats
+    cache_dir: Optional[str] = "~/.cache/jaxhpo"  # fitted models cached by data, models and code; None = fit each time
 
 
 @dataclass

@@ -157,6 +157,13 @@ class StudyRun:
     unfinished: int  # trials started and not finished: running now, or cut off by a crash
     budget_charge: str = "wall"  # protocol.budget_charge: what the budget charged each trial
     space: dict = field(default_factory=dict)  # the space definition (name -> spec), {} where not recorded
+    protocol: str = "jaxhpo"  # protocol.name the study ran by
+
+    @property
+    def label(self) -> str:
+        """What the report calls the study's method: its name, and its protocol where that is not jaxhpo's, so that
+        `protocol=paper` studies are a row of their own beside jaxhpo's."""
+        return self.method if self.protocol == "jaxhpo" else f"{self.method} ({self.protocol})"
 
     @property
     def best(self) -> TrialRecord | None:
@@ -200,6 +207,7 @@ def load_study(journal_path: Path) -> StudyRun:
         # A journal written before protocols existed ran jaxhpo's, which charges wall time.
         budget_charge=(info.get("protocol") or {}).get("budget_charge", "wall"),
         space=info.get("space") or {},
+        protocol=(info.get("protocol") or {}).get("name", "jaxhpo"),
     )
 
 
@@ -229,10 +237,11 @@ def load_studies(root: Path) -> tuple[list[StudyRun], list[str]]:
 
 
 def group_studies(studies: Sequence[StudyRun]) -> dict[tuple[str, str], list[StudyRun]]:
-    """Studies by (method, space_id): seeds of the same method on the same space are compared as one row."""
+    """Studies by (method label, space_id): seeds of the same method and protocol on the same space are compared as
+    one row."""
     groups: dict[tuple[str, str], list[StudyRun]] = {}
     for study in studies:
-        groups.setdefault((study.method, study.space_id), []).append(study)
+        groups.setdefault((study.label, study.space_id), []).append(study)
     return groups
 
 
@@ -325,9 +334,9 @@ def space_rows(studies: Sequence[StudyRun]) -> list[dict]:
         winner = min((r for r in runs if r.best), key=lambda r: r.best.val_bpb, default=None)
         rows.append({
             "space_name": runs[0].space_name, "space_id": space_id, "studies": len(runs),
-            "methods": sorted({r.method for r in runs}), "trials": sum(len(r.trials) for r in runs),
+            "methods": sorted({r.label for r in runs}), "trials": sum(len(r.trials) for r in runs),
             "best_val_bpb": winner.best.val_bpb if winner else None,
-            "best_method": winner.method if winner else None, "best_seed": winner.seed if winner else None,
+            "best_method": winner.label if winner else None, "best_seed": winner.seed if winner else None,
         })  # fmt: skip
     return rows
 
@@ -568,7 +577,7 @@ def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
     for s in studies:
         best = s.best
         body.append([
-            str(s.path.relative_to(root)), s.method, DASH if s.seed is None else str(s.seed),
+            str(s.path.relative_to(root)), s.label, DASH if s.seed is None else str(s.seed),
             f"{len(s.trials)}" + (f" (+{s.unfinished} unfinished)" if s.unfinished else ""),
             str(sum(not t.failed for t in s.trials)), _num(best.val_bpb if best else None, ".4f"),
             f"{best.number} ({best.proposer})" if best else DASH, _duration(s.trial_seconds),

@@ -40,7 +40,7 @@ from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
 from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, load_table
-from jaxhpo.surrogate.model import Surrogate
+from jaxhpo.surrogate.model import Surrogate, fitted
 from jaxhpo.trial import (
     Outcome,
     check_space_keys,
@@ -104,7 +104,7 @@ class Study:
             check_covers(obs, self.space, self.base, self._trainer_flat())
             with self.console.status(f"fitting the surrogate on {obs.source}…"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a GP's bound warnings; `jaxhpo.surrogate fit` scores the fit
-                return Surrogate(obs, s.regressor, s.classifier, s.noise_std)
+                return fitted(obs, s.regressor, s.classifier, s.noise_std, s.cache_dir)
         except SurrogateError as e:
             raise StudyError(str(e)) from None
 

@@ -305,6 +305,17 @@ def test_studies_on_two_spaces_get_a_row_per_method_and_space(multirun):
     assert "tpe [small]" in {r["method"] for r in table(proc.stdout, "Proposers")}
 
 
+def test_studies_under_the_papers_protocol_are_a_row_of_their_own(multirun):
+    paper = {"protocol": {"name": "paper", "budget_charge": "training"}}
+    for seed, trials in TPE.items():
+        write_study(multirun / "tpe" / "paper" / f"seed{seed}", "tpe", seed, trials[:2], paper)
+    proc = report(multirun)
+    rows = {r["method"]: r["studies"] for r in table(proc.stdout, "Methods")}
+    assert rows == {"llm": "2", "tpe": "2", "tpe (paper)": "2"}
+    pairs = {(r["method A"], r["method B"]) for r in table(proc.stdout, "Paired tests")}
+    assert ("tpe", "tpe (paper)") in pairs or ("tpe (paper)", "tpe") in pairs
+
+
 def test_seed_without_success_and_study_without_trials_do_not_break_mean_or_std(multirun):
     never_ok = [("default", "oom", None, 5, None), ("tpe", "crashed", None, 1, None)]
     write_study(multirun / "tpe" / "seed2", "tpe", 2, never_ok)

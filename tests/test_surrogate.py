@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from jaxhpo.journal import Journal
-from jaxhpo.surrogate.data import REPO, load_table
-from jaxhpo.surrogate.model import Surrogate, features, measured_noise
+from jaxhpo.surrogate.data import REPO, base_configs, load_table
+from jaxhpo.surrogate.model import Surrogate, features, fitted, measured_noise
+from jaxhpo.trial import trial_config
 from tests.conftest import run_cli
 
 TABLE = REPO / "benchmarks/data/surrogate_tiny.csv"
@@ -54,15 +55,28 @@ def test_the_fitted_models_reproduce_the_data_they_were_fitted_on():
     surrogate = Surrogate(obs, noise_std=0.0)
     x, rows = features(obs)
     ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
-    from jaxhpo.surrogate.data import base_configs
-    from jaxhpo.trial import trial_config
-
     base, trial = base_configs(obs.trainer)
     predicted = [surrogate.predict(trial_config(base, obs.space, rows[i]["params"], trial)[0]) for i in ok[:40]]
     real = [rows[i]["val_bpb"] for i in ok[:40]]
     assert np.corrcoef([p["val_bpb"] for p in predicted if p["val_bpb"] is not None],
                        [r for r, p in zip(real, predicted) if p["val_bpb"] is not None])[0, 1] > 0.8  # fmt: skip
     assert sum(p["status"] == "ok" for p in predicted) >= 0.9 * len(predicted)
+
+
+def test_a_fit_is_cached_by_data_and_models_and_fitted_again_when_its_file_is_damaged(tmp_path):
+    obs = load_table(TABLE)
+    base, trial = base_configs(obs.trainer)
+    cfg, _ = trial_config(base, obs.space, obs.space.default(), trial)
+    first = fitted(obs, "extra_trees", "extra_trees", 0.0, tmp_path)
+    [cached] = list((tmp_path / "surrogate").glob("*.pkl"))
+    again = fitted(obs, "extra_trees", "extra_trees", 0.0, tmp_path)
+    assert again is not first and again.predict(cfg) == first.predict(cfg)
+    assert fitted(obs, "extra_trees", "extra_trees", 0.3, tmp_path).noise_std == 0.3  # the noise is not the fit's
+    fitted(obs, "random_forest", "extra_trees", 0.0, tmp_path)
+    assert len(list((tmp_path / "surrogate").glob("*.pkl"))) == 2  # other models: another entry
+    cached.write_bytes(b"damaged")
+    assert fitted(obs, "extra_trees", "extra_trees", 0.0, tmp_path).predict(cfg) == first.predict(cfg)
+    assert cached.read_bytes() != b"damaged"
 
 
 def test_measured_noise_pools_the_spread_of_repeated_configurations():

@@ -6,7 +6,10 @@ TrainConfig, after the study's repairs, so the study and the data see the same t
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import pickle
 import time
 import zlib
 from pathlib import Path
@@ -145,8 +148,8 @@ class Surrogate:
         self.train_model = make(x.shape[1]).fit(
             x[train_rows], np.log(np.maximum([rows[i]["training_seconds"] for i in train_rows], 1e-3))
         ) if len(train_rows) >= 2 else None  # fmt: skip
-        measured, self.noise_groups = measured_noise(x, rows)
-        self.noise_std = measured if noise_std is None else float(noise_std)
+        self.measured_noise, self.noise_groups = measured_noise(x, rows)
+        self.noise_std = self.measured_noise if noise_std is None else float(noise_std)
 
     def predict(self, cfg: TrainConfig) -> dict:
         """How the trial of `cfg` ends: status, val_bpb (with noise drawn for its seed and configuration: the
@@ -174,6 +177,45 @@ class Surrogate:
                   "surrogate": {"p_status": p["p_status"], "data_id": self.obs.data_id}}  # fmt: skip
         error = None if p["status"] == "ok" else f"surrogate: predicted {p['status']} (p={max(p['p_status'].values())})"
         return Outcome(p["status"], p["val_bpb"], error, p["wall_seconds"], started, time.time(), result)
+
+
+def _fit_key(obs: Observations, regressor: str, classifier: str) -> str:
+    """What a fitted surrogate depends on: the data, the model names, this module and the libraries' versions."""
+    import lightgbm
+    import sklearn
+
+    parts = [obs.data_id, regressor, classifier, sklearn.__version__, lightgbm.__version__, np.__version__,
+             Path(__file__).read_text()]  # fmt: skip
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def fitted(obs: Observations, regressor: str, classifier: str, noise_std: float | None,
+           cache_dir: str | Path | None) -> Surrogate:  # fmt: skip
+    """The Surrogate of `obs`, from `cache_dir` where a fit of the same data, models and code is cached there (a
+    GP fit on hundreds of trials takes tens of seconds: a grid of studies fits once), else fitted and cached.
+    An unreadable cache file is fitted again; None: no cache."""
+    path = Path(cache_dir).expanduser() / "surrogate" / f"{_fit_key(obs, regressor, classifier)}.pkl" if cache_dir \
+        else None  # fmt: skip
+    if path is not None and path.exists():
+        try:
+            with open(path, "rb") as f:
+                surrogate = pickle.load(f)
+            surrogate.obs = obs
+            surrogate.noise_std = surrogate.measured_noise if noise_std is None else float(noise_std)
+            return surrogate
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
+            pass
+    surrogate = Surrogate(obs, regressor, classifier, noise_std)
+    if path is not None:
+        try:  # written whole, then renamed: studies of a grid that start together never read half a file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(surrogate, f)
+            tmp.replace(path)
+        except OSError:
+            pass  # a cache we cannot write costs the next study a fit, nothing else
+    return surrogate
 
 
 def fit_classifier(name: str, x: np.ndarray, status: np.ndarray):

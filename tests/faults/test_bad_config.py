@@ -61,6 +61,7 @@ EXEMPT = {
     "protocol.available_vram": "free text the paper prompts show the LLM",
     "surrogate.table": "a path: whether it holds a table is the surrogate's check, made only under trainer=surrogate",
     "surrogate.journals": "paths: whether they hold journals is the surrogate's check, made only under trainer=surrogate",
+    "surrogate.cache_dir": "a folder: any path is a place to cache in (one that cannot be written costs a fit)",
 }
 RULES = {**FIELD_RULES, **STUDY_RULES}
 
