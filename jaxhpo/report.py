@@ -21,6 +21,7 @@ import yaml
 from jaxhpo import stats
 from jaxhpo.journal import JOURNAL_FILE, STATUSES, Journal, JournalError, TrialRecord
 from jaxhpo.protocol import NOT_RUN_PREFIX, charged_seconds
+from jaxhpo.space import box_id
 
 
 def summarize(
@@ -196,7 +197,9 @@ def load_study(journal_path: Path) -> StudyRun:
     return StudyRun(
         path=folder,
         method=info.get("method") or (first.method if first else "unknown"),
-        space_id=info.get("space_id") or (first.space_id if first else "unknown"),
+        # Compared as the box they search: a protocol's prior over powers of two is the protocol's, not the space's.
+        space_id=box_id(info["space"]) if info.get("space") else info.get("space_id") or (
+            first.space_id if first else "unknown"),
         space_name=info.get("space_name") or "",
         seed=info.get("seed"),
         # A recorded null means "no budget"; only a missing key sends us to the Hydra config.

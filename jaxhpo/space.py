@@ -209,8 +209,7 @@ class Space:
     @property
     def space_id(self) -> str:
         """A stable hash of the definition: equal spaces, equal ids, on any machine."""
-        blob = json.dumps(self.definition(), sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return definition_id(self.definition())
 
     def default(self) -> dict:
         return {p.name: p.default for p in self.params}
@@ -269,3 +268,15 @@ class Space:
 def plain(x):
     """numpy scalars -> Python numbers, so configurations serialize to JSON and compare equal."""
     return x.item() if isinstance(x, np.generic) else x
+
+
+def definition_id(definition: Mapping[str, Mapping]) -> str:
+    """The id of a space definition (Space.definition()): a stable hash, equal on any machine."""
+    blob = json.dumps(definition, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def box_id(definition: Mapping[str, Mapping]) -> str:
+    """The id of the search box a definition spans, whatever prior it draws powers of two with: the space_id of
+    the same definition under the uniform prior. Studies that differ only in protocol.pow2_prior search one box."""
+    return definition_id({name: {k: v for k, v in spec.items() if k != "prior"} for name, spec in definition.items()})

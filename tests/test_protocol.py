@@ -17,7 +17,7 @@ from jaxhpo.llm import paper
 from jaxhpo.proposers import PROPOSERS, CentaurProposer, LLMProposer, OptunaCMAESProposer, make_proposer
 from jaxhpo.proposers.centaur import is_paper_llm_turn
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
-from jaxhpo.space import Space
+from jaxhpo.space import Space, box_id
 from jaxhpo.study import Study
 from tests.conftest import REPO, run_cli
 from tests.test_centaur import ScriptedLLM, unreachable
@@ -123,6 +123,8 @@ def test_budget_charge():
 def test_log_snap_prior_gives_configspaces_shares_and_leaves_the_uniform_space_alone():
     uniform, snapped = Space.from_config(AR_CFG), Space.from_config(AR_CFG, "log_snap")
     assert uniform.space_id == SPACE.space_id != snapped.space_id
+    # one box under both priors: the report compares the two protocols' studies as on one space
+    assert box_id(snapped.definition()) == box_id(uniform.definition()) == uniform.space_id
     head = snapped.params[snapped.names.index("HEAD_DIM")]
     widths = np.diff(head.edges)
     # shares of a log-uniform integer over [63.5, 256.5] that snaps to 64 (64..96), 128 (97..192), 256 (193..256)
