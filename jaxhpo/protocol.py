@@ -21,6 +21,8 @@ did, key by key, so one departure can be ablated at a time (`protocol=paper prot
                                                              missing keys from the defaults, an LLM error is a trial
                                                              that never ran
     available_vram       (paper prompts only)                "~76GB", the line the study's prompts showed
+    optuna_tpe           multivariate: Optuna 5's default    univariate: Optuna 4.8's default, which the study ran
+                         TPESampler (method=optuna_tpe)      (its TPESampler(seed) took every default)
 
 paper.yaml also sets `trial.gpu_memory_fraction: 0.543` (the study's cap: about 76 GB of an H200) and
 `llm.json_mode: none` (the study sent no response_format).
@@ -37,6 +39,7 @@ CMAES_VARIANTS = ("evosax", "optuna")
 BUDGET_CHARGES = ("wall", "training")
 POW2_PRIORS = ("uniform", "log_snap")
 LLM_PROTOCOLS = ("jaxhpo", "paper")
+OPTUNA_TPE_VARIANTS = ("multivariate", "univariate")
 # The error of a trial that never ran because its LLM call failed (protocol=paper's centaur and agent).
 NOT_RUN_PREFIX = "llm error: "
 
@@ -53,6 +56,7 @@ class ProtocolConfig:
     centaur: str = "jaxhpo"
     agent: str = "jaxhpo"
     available_vram: str = "~76GB"
+    optuna_tpe: str = "multivariate"
 
 
 def _finite(value) -> bool:
@@ -67,6 +71,7 @@ PROTOCOL_RULES: dict[str, Rule] = {
     "protocol.pow2_prior": one_of(POW2_PRIORS),
     "protocol.centaur": one_of(LLM_PROTOCOLS),
     "protocol.agent": one_of(LLM_PROTOCOLS),
+    "protocol.optuna_tpe": one_of(OPTUNA_TPE_VARIANTS),
 }
 
 

@@ -217,8 +217,9 @@ class Study:
             stored_trainer = {**KEYS_ADDED, "trainer.name": "gpt", **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
         protocol = dataclasses.asdict(self.cfg.protocol)
-        if stored:  # a journal written before protocols existed ran jaxhpo's
-            stored_protocol = {**dataclasses.asdict(ProtocolConfig()), **stored.get("protocol", {})}
+        if stored:  # a journal written before protocols existed ran jaxhpo's; a key added since did not apply
+            stored_protocol = {**protocol, **stored["protocol"]} if "protocol" in stored else \
+                dataclasses.asdict(ProtocolConfig())  # fmt: skip
             clash += [(f"protocol.{k}", stored_protocol.get(k), v) for k, v in protocol.items()
                       if stored_protocol.get(k) != v]  # fmt: skip
         if clash:

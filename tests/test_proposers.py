@@ -266,7 +266,7 @@ def test_learns_faster_than_random(name):
 def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
-    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol"
+    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes"
     for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)
@@ -275,6 +275,11 @@ def test_make_proposer_rejects_unknown_methods_and_options():
         make_proposer("cmaes", SPACE, 0, population_size=1)
     with pytest.raises(ValueError, match="n_startup_trials"):
         make_proposer("tpe", SPACE, 0, n_startup_trials=-1)
+    for bad in ({"n_startup_trials": None}, {"n_ei_candidates": 0}, {"multivariate": "yes"}):
+        with pytest.raises(ValueError, match=f"optuna_tpe: {next(iter(bad))}"):
+            make_proposer("optuna_tpe", SPACE, 0, **bad)
+    with pytest.raises(ValueError, match="optuna_cmaes: population_size"):
+        make_proposer("optuna_cmaes", SPACE, 0, population_size=1)
 
 
 @pytest.mark.parametrize("name", list(PROPOSERS))

@@ -76,6 +76,18 @@ def test_optuna_cmaes_is_the_studys_sampler():
         assert prop.params == paper.snap_pow2(SPACE, prop.meta["optuna_params"], None)
 
 
+def test_optuna_tpe_is_univariate_under_the_papers_protocol_and_multivariate_under_jaxhpos():
+    assert make_proposer("optuna_tpe", SPACE, 0, protocol=PAPER).sampler._multivariate is False
+    assert make_proposer("optuna_tpe", SPACE, 0).sampler._multivariate is True
+    assert make_proposer("optuna_tpe", SPACE, 0, multivariate=True, protocol=PAPER).sampler._multivariate is True
+    # failures are told as the protocol says; trial 0 is a finished trial TPE learns from
+    p = make_proposer("optuna_tpe", SPACE, 0, protocol=PAPER)
+    history, _ = run(p, 4)
+    prop = p.ask(history)
+    p.tell(record(4, prop.params, None, prop.proposer, meta=json.loads(json.dumps(prop.meta))))  # an OOM
+    assert [t.value for t in p.study.get_trials()][-1] == 100.0 and p.study.get_trials()[0].params["HEAD_DIM"] == 128
+
+
 def test_optuna_cmaes_is_not_ready_before_its_first_generation_and_starts_at_sigma_one_sixth():
     p = make_proposer("cmaes", SPACE, 0, protocol=PAPER)
     run(p, 1 + 11)
@@ -287,3 +299,16 @@ def test_a_paper_agent_study_stops_when_its_llm_loses_every_trial(tmp_path, data
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["lost_to_llm"] == 3 and summary["failed_percent"] == (0.0 if trials[0].status == "ok" else 100.0)
 
+
+
+@pytest.mark.parametrize("method", ["optuna_tpe", "optuna_cmaes"])
+def test_an_optuna_study_resumed_from_its_journal_proposes_what_an_uninterrupted_one_does(method, tmp_path):
+    def study(folder, trials):  # on the surrogate: the same trials in seconds
+        proc = run_cli("jaxhpo", f"+method={method}", "protocol=paper", "trainer=surrogate", "study.budget_s=null",
+                       f"study.max_trials={trials}", f"hydra.run.dir={tmp_path / folder}")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with Journal(tmp_path / folder / "journal.sqlite", readonly=True) as journal:
+            return [(t.proposer, t.params, t.val_bpb) for t in journal.trials()]
+
+    study("resumed", 9)
+    assert study("resumed", 16) == study("whole", 16)

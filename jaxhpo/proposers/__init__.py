@@ -9,7 +9,7 @@ from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import LLMProposer
-from jaxhpo.proposers.optuna_cmaes import OptunaCMAESProposer
+from jaxhpo.proposers.optuna_samplers import OptunaCMAESMethod, OptunaCMAESProposer, OptunaTPEProposer
 from jaxhpo.proposers.random import RandomProposer
 from jaxhpo.proposers.sobol import SobolProposer
 from jaxhpo.proposers.tpe import TPEProposer
@@ -18,7 +18,8 @@ from jaxhpo.space import Space
 
 PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
-    "centaur": CentaurProposer, "sobol": SobolProposer,
+    "centaur": CentaurProposer, "sobol": SobolProposer, "optuna_tpe": OptunaTPEProposer,
+    "optuna_cmaes": OptunaCMAESMethod,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -58,7 +59,7 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESProposer",
-    "RandomProposer", "SobolProposer",
+    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
+    "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SobolProposer",
     "TPEProposer", "make_proposer", "penalized_values", "proposer_options",
 ]  # fmt: skip

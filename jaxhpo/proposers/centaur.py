@@ -46,7 +46,7 @@ from jaxhpo.llm.prompt import centaur_prompt
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import FALLBACK, LLM_ERROR, llm_turn, paper_llm_turn, paper_rows, prompt_budget
-from jaxhpo.proposers.optuna_cmaes import OptunaCMAESProposer
+from jaxhpo.proposers.optuna_samplers import OptunaCMAESProposer
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 

@@ -1,17 +1,20 @@
-"""CMA-ES as the study ran it (`protocol.cmaes=optuna`): Optuna's `CmaEsSampler` with its defaults, driven the way
-the study's Optuna backend drove it.
+"""Optuna's samplers behind jaxhpo's ask/tell: `method=optuna_tpe` (TPESampler), `method=optuna_cmaes` and, as
+the study ran CMA-ES (`protocol.cmaes=optuna`), `method=cmaes` (CmaEsSampler), driven the way the study's Optuna
+backend drove them.
 
 What that means, all Optuna's doing unless said otherwise:
 - The parameters are Optuna distributions: floats and integers on their own scale (log where the space says
   log), the powers of two as log-uniform integers over [low, high] that this proposer snaps to the nearest power
-  of two (ties to the lower) before they run -- the study's `snap_to_power_of_2`. CMA-ES is told the unsnapped
-  integers it drew.
+  of two (ties to the lower) before they run -- the study's `snap_to_power_of_2`, whatever protocol.pow2_prior
+  says (that key is jaxhpo's samplers'). The sampler is told the unsnapped integers it drew.
+- Trial 0 (the default) and trials of other proposers that did not come through `ask` are added as finished
+  trials: TPE learns from them (the study seeded its baseline so); Optuna's CMA-ES learns only from trials it
+  sampled.
+- A failure is told as `protocol.failure_value` (the study's 100), or just behind the worst success when null.
+- Trials still running are Optuna's running trials: TPE's constant liar (Optuna's default) counts them as poor.
 - CMA-ES searches the box normalised to [0, 1] per dimension (log-scaled where log), from its centre, with step
   size sigma0 = 1/6 and population 4 + floor(3 ln d). Categoricals (WINDOW_PATTERN) are not CMA-ES's: Optuna
   draws them at random on every trial, so CMA-ES has 13 dimensions for the 14-parameter space.
-- Trial 0 (the default) is added as a finished trial, not told to CMA-ES (Optuna's CMA-ES learns only from trials
-  it sampled); so are trials of other proposers that did not come through `ask`.
-- A failure is told as `protocol.failure_value` (the study's 100), or just behind the worst success when null.
 
 Replay. Optuna's state lives in an in-memory study whose trials are asked and told in order. A told trial that
 this proposer handed out (its meta holds `optuna_params`) but that is not pending here -- a resumed study telling
@@ -56,19 +59,13 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
 
 
-class OptunaCMAESProposer(Proposer):
-    name = "cmaes"
+class OptunaProposer(Proposer):
+    """An Optuna sampler (`self.sampler`, made by the subclass before this __init__ runs) over the space."""
 
-    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
-                 protocol: ProtocolConfig | None = None):  # fmt: skip
+    sampler: optuna.samplers.BaseSampler
+
+    def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         super().__init__(space, seed, protocol)
-        if population_size is not None and (isinstance(population_size, bool) or not isinstance(population_size, int)
-                                            or population_size < 2):  # fmt: skip
-            raise ValueError(f"cmaes: population_size must be an integer >= 2 or null, got {population_size!r}")
-        if sigma0 is not None and (isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or sigma0 <= 0):
-            raise ValueError(f"cmaes: sigma0 must be a positive number or null, got {sigma0!r}")
-        self.sampler = optuna.samplers.CmaEsSampler(seed=seed, popsize=population_size, sigma0=sigma0,
-                                                    warn_independent_sampling=False)  # fmt: skip
         self.study = optuna.create_study(direction="minimize", sampler=self.sampler)
         # Suggested in the study's (ConfigSpace's, alphabetical) order, so its prompts list the values as it did.
         self._distributions = {p.name: _distribution(p) for p in sorted(space.params, key=lambda p: p.name)}
@@ -82,7 +79,7 @@ class OptunaCMAESProposer(Proposer):
 
     def tell(self, trial: TrialRecord) -> None:
         raw = trial.meta.get("optuna_params")
-        if raw is None:  # trial 0 or another proposer's: recorded, never CMA-ES's own
+        if raw is None:  # trial 0 or another proposer's: recorded (TPE learns from it, Optuna's CMA-ES does not)
             self.study.add_trial(optuna.trial.create_trial(
                 params=self.space.clamp(trial.params)[0], distributions=self._distributions,
                 value=None if trial.failed else trial.val_bpb,
@@ -92,7 +89,7 @@ class OptunaCMAESProposer(Proposer):
             live = self._pending.pop(trial.meta.get("optuna_trial"), None)
             live = live if live is not None else self._ask()[0]  # replay: the same draw, asked again
             for name, value in raw.items():
-                if live.params.get(name) != value:  # what ran is what CMA-ES learns from (Centaur's LLM turn)
+                if live.params.get(name) != value:  # what ran is what the sampler learns from (Centaur's LLM turn)
                     self.study._storage.set_trial_param(live._trial_id, name, self._internal(name, value),
                                                         self._distributions[name])  # fmt: skip
             self.study.tell(live, self._told_value(trial))
@@ -102,6 +99,64 @@ class OptunaCMAESProposer(Proposer):
     def snap(self, raw: Mapping[str, Any]) -> dict:
         """Optuna's values as they run: powers of two snapped (the study's rule), numpy scalars as Python's."""
         return snap_pow2(self.space, {n: plain(raw[n]) for n in self.space.names}, None)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _ask(self) -> tuple[optuna.Trial, dict]:
+        trial = self.study.ask()
+        return trial, {n: plain(_suggest(trial, n, d)) for n, d in self._distributions.items()}
+
+    def _internal(self, name: str, value: Any) -> Any:
+        return self._distributions[name].to_internal_repr(value)
+
+    def _told_value(self, trial: TrialRecord) -> float:
+        if not trial.failed:
+            return trial.val_bpb
+        if self.protocol.failure_value is not None:
+            return float(self.protocol.failure_value)
+        return (max(self._ok) if self._ok else 0.0) + 1.0
+
+
+def _check_int(method: str, name: str, value: Any, low: int, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{method}: {name} must be an integer >= {low}{' or null' if nullable else ''}, got {value!r}")
+
+
+class OptunaTPEProposer(OptunaProposer):
+    """Optuna's TPESampler with its defaults (`method=optuna_tpe`); `multivariate` null follows protocol.optuna_tpe
+    (jaxhpo's: Optuna 5's multivariate default; the paper's: univariate, Optuna 4.8's default, which it ran)."""
+
+    name = "optuna_tpe"
+
+    def __init__(self, space: Space, seed: int, n_startup_trials: int = 10, n_ei_candidates: int = 24,
+                 multivariate: bool | None = None, protocol: ProtocolConfig | None = None):  # fmt: skip
+        _check_int("optuna_tpe", "n_startup_trials", n_startup_trials, 0)
+        _check_int("optuna_tpe", "n_ei_candidates", n_ei_candidates, 1)
+        if multivariate is not None and not isinstance(multivariate, bool):
+            raise ValueError(f"optuna_tpe: multivariate must be true, false or null, got {multivariate!r}")
+        rule = (protocol or ProtocolConfig()).optuna_tpe
+        self.multivariate = rule == "multivariate" if multivariate is None else multivariate
+        self.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                                  n_ei_candidates=n_ei_candidates,
+                                                  multivariate=self.multivariate)  # fmt: skip
+        super().__init__(space, seed, protocol)
+
+
+class OptunaCMAESProposer(OptunaProposer):
+    """Optuna's CmaEsSampler with its defaults: `method=cmaes` under protocol.cmaes=optuna (the study's CMA-ES)."""
+
+    name = "cmaes"
+
+    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
+        _check_int(self.name, "population_size", population_size, 2, nullable=True)
+        if sigma0 is not None and (isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or sigma0 <= 0):
+            raise ValueError(f"{self.name}: sigma0 must be a positive number or null, got {sigma0!r}")
+        self.sampler = optuna.samplers.CmaEsSampler(seed=seed, popsize=population_size, sigma0=sigma0,
+                                                    warn_independent_sampling=False)  # fmt: skip
+        super().__init__(space, seed, protocol)
 
     def paper_state(self, pending: Sequence[Mapping] = ()) -> dict | None:
         """CMA-ES's state as the study's Centaur prompt read it: None until Optuna has stored an optimizer (after
@@ -123,18 +178,8 @@ class OptunaCMAESProposer(Proposer):
             }  # fmt: skip
         return None
 
-    # -- internals ---------------------------------------------------------------------------------------------
 
-    def _ask(self) -> tuple[optuna.Trial, dict]:
-        trial = self.study.ask()
-        return trial, {n: plain(_suggest(trial, n, d)) for n, d in self._distributions.items()}
+class OptunaCMAESMethod(OptunaCMAESProposer):
+    """`method=optuna_cmaes`: the same sampler under its own name, beside evosax's `cmaes`, in any protocol."""
 
-    def _internal(self, name: str, value: Any) -> Any:
-        return self._distributions[name].to_internal_repr(value)
-
-    def _told_value(self, trial: TrialRecord) -> float:
-        if not trial.failed:
-            return trial.val_bpb
-        if self.protocol.failure_value is not None:
-            return float(self.protocol.failure_value)
-        return (max(self._ok) if self._ok else 0.0) + 1.0
+    name = "optuna_cmaes"
