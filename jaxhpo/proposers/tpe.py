@@ -38,6 +38,7 @@ is arbitrary (deterministic, so replay still matches).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -51,6 +52,8 @@ from jaxhpo.space import Space, SpaceError
 
 # hyperopt logs a line per suggest at INFO; the study has its own progress output.
 logging.getLogger("hyperopt").setLevel(logging.WARNING)
+# How many trials are "good": hyperopt's ceil(gamma * sqrt(n)) or Optuna's ceil(gamma * n) (see `_gamma`).
+SPLITS = ("sqrt", "linear")
 
 
 class TPEProposer(Proposer):
@@ -64,6 +67,7 @@ class TPEProposer(Proposer):
         gamma: float = tpe._default_gamma,
         n_ei_candidates: int = tpe._default_n_EI_candidates,
         prior_weight: float = tpe._default_prior_weight,
+        split: str = "sqrt",
         protocol: ProtocolConfig | None = None,
     ):
         super().__init__(space, seed, protocol)
@@ -75,6 +79,9 @@ class TPEProposer(Proposer):
             raise ValueError(f"tpe: n_ei_candidates must be an integer >= 1, got {n_ei_candidates!r}")
         if not prior_weight > 0:
             raise ValueError(f"tpe: prior_weight must be > 0, got {prior_weight!r}")
+        if split not in SPLITS:
+            raise ValueError(f"tpe: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.split = split
         self.n_startup_trials = n_startup_trials
         self.gamma, self.n_ei_candidates, self.prior_weight = float(gamma), n_ei_candidates, float(prior_weight)
         self._categorical = {p.name: p.type == "categorical" for p in space.params}
@@ -92,12 +99,19 @@ class TPEProposer(Proposer):
         (doc,) = tpe.suggest(
             trials.new_trial_ids(1), self._domain, trials, seed,
             prior_weight=self.prior_weight, n_startup_jobs=self.n_startup_trials,
-            n_EI_candidates=self.n_ei_candidates, gamma=self.gamma, verbose=False,
+            n_EI_candidates=self.n_ei_candidates, gamma=self._gamma(n + len(pending)), verbose=False,
         )  # fmt: skip
         vals = doc["misc"]["vals"]
         unit = np.array([self._to_unit(p, vals[p.name][0]) for p in self.space.params])
         phase = "startup" if n < self.n_startup_trials else "tpe"
         return Proposal(self.space.from_unit(unit), self.name, {"phase": phase})
+
+    def _gamma(self, n: int) -> float:
+        """The gamma to hand hyperopt for n trials: its good set is ceil(gamma * sqrt(n)) of them (split="sqrt");
+        split="linear" makes it ceil(self.gamma * n), Optuna's rule (both capped at 25 by hyperopt)."""
+        if self.split == "sqrt" or n == 0:
+            return self.gamma
+        return self.gamma * math.sqrt(n) * (1 - 1e-12)  # the epsilon: sqrt(n)**2 may round above n, and ceil up
 
     def _trials(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> Trials:
         """A hyperopt Trials holding every finished trial as a completed job with its penalized loss, and every
