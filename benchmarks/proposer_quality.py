@@ -4,6 +4,9 @@ compared pairwise over seeds, and what its asks and tells cost.
     python benchmarks/proposer_quality.py [--proposers random tpe cmaes optuna_tpe optuna_cmaes]
         [--objectives sphere ellipsoid rosenbrock rastrigin autoresearch] [--seeds 10] [--trials 60] [--json PATH]
 
+A proposer may carry options, `method:key=value,key=value` (values in YAML: `tpe:split=linear,gamma=0.1`), to
+measure a variant beside its default; a tpe or cmaes variant is paired with optuna_tpe or optuna_cmaes.
+
 Objectives. Four BBOB-style functions over 10 floats x0..x9 in [-5, 5] (linear, default 0): sphere, ellipsoid
 (condition 1e6), Rosenbrock and Rastrigin, each of z = x - x_opt with its own optimum x_opt drawn once from
 [-4, 4]^10 (fixed seed: every run sees the same functions). No rotation or oscillation, unlike BBOB proper. Each is
@@ -47,6 +50,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+import yaml
 from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
@@ -57,7 +61,7 @@ from jaxhpo.space import Space
 SPACE_YAML = Path(__file__).resolve().parents[1] / "hydra_configs" / "space" / "autoresearch.yaml"
 EPS = 1e-12  # added to regrets before ratios and logs
 NOISE = ("random", "random+1000")  # the noise floor pair: random search against itself with other seeds
-PAIRS = [("tpe", "optuna_tpe"), ("cmaes", "optuna_cmaes")]
+PAIRED = ("tpe", "cmaes")  # each (and any variant of it) against Optuna's sampler of the same algorithm
 DIM = 10
 
 # -- objectives: (space, params -> value or None for a failure, floor) ---------------------------------------------
@@ -134,10 +138,21 @@ def record(space: Space, number: int, params: dict, value: float | None, propose
     )  # fmt: skip
 
 
-def run_study(objective: str, method: str, seed: int, trials: int) -> dict:
+def parse(label: str) -> tuple[str, dict]:
+    """(method, options) of a proposer label `method[:key=value,...]`."""
+    method, _, rest = label.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    return method, options
+
+
+def run_study(objective: str, label: str, seed: int, trials: int) -> dict:
     """One sequential study; returns its best-so-far regret per trial, failure flags, and ask/tell milliseconds."""
     space, fn, floor = OBJECTIVES[objective]
-    p = make_proposer(method, space, seed)
+    method, options = parse(label)
+    p = make_proposer(method, space, seed, **options)
     default = space.default()
     history = [record(space, 0, default, fn(default), "default", method, {})]
     asks, tells = [], []
@@ -195,7 +210,7 @@ def main() -> None:
         parser.error("--trials must be at least 3")
     jax.config.update("jax_platforms", "cpu")  # as the study process does: evosax's arrays are tiny
     checkpoints = sorted({round(args.trials / 3), round(2 * args.trials / 3), args.trials})
-    methods = [(m, m, 0) for m in args.proposers]  # (label, method, seed offset)
+    methods = [(m, m, 0) for m in args.proposers]  # (label, proposer, seed offset)
     if "random" in args.proposers:
         methods.append((NOISE[1], "random", 1000))
 
@@ -230,7 +245,8 @@ def main() -> None:
         print(table(header, rows) + "\n")
 
     rng = np.random.default_rng(0)
-    pairs = [p for p in PAIRS if set(p) <= set(args.proposers)]
+    pairs = [(a, f"optuna_{parse(a)[0]}") for a in args.proposers
+             if parse(a)[0] in PAIRED and f"optuna_{parse(a)[0]}" in args.proposers]  # fmt: skip
     pairs += [(m, "random") for m in args.proposers if m != "random" and "random" in args.proposers]
     pairs += [NOISE] if "random" in args.proposers else []
     ratios, rows = [], []
