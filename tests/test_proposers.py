@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hyperopt import tpe
 from omegaconf import OmegaConf
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.client import LLMClient, LLMConfig
-from jaxhpo.proposers import PROPOSERS, CMAESProposer, TPEProposer, make_proposer, proposer_options
+from jaxhpo.proposers import PROPOSERS, CMAESProposer, TPEProposer, make_proposer, penalized_values, proposer_options
 from jaxhpo.proposers.cmaes import default_population_size, injection_bound
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig
 from jaxhpo.space import Space
@@ -453,6 +454,40 @@ def test_tpe_follows_the_good_trials():
     llll = np.mean([q["WINDOW_PATTERN"] == "LLLL" for q in proposals])
     deep = np.mean([q["DEPTH"] >= 18 for q in proposals])
     assert llll > 0.5 and deep > 0.5, (llll, deep)
+
+
+def hyperopt_suggestion(p: TPEProposer, history: list, pending: list, seed: int) -> dict:
+    """hyperopt's own `tpe.suggest` on a Trials holding `history` (and `pending` as the constant liar), decoded."""
+    from hyperopt import Trials
+    from hyperopt.base import JOB_STATE_DONE, STATUS_OK
+
+    trials = Trials()
+    configs = [t.params for t in history] + pending
+    losses = list(penalized_values(history)) + [max(penalized_values(history))] * len(pending)
+    tids = trials.new_trial_ids(len(configs))
+    miscs = [{"tid": tid, "cmd": p._domain.cmd, "workdir": p._domain.workdir, "idxs": {k: [tid] for k in vals},
+              "vals": {k: [v] for k, v in vals.items()}} for tid, vals in zip(tids, map(p._vals_of, configs))]
+    docs = trials.new_trial_docs(tids, [None] * len(tids), [{"status": STATUS_OK, "loss": x} for x in losses], miscs)
+    for doc in docs:
+        doc["state"] = JOB_STATE_DONE
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    (doc,) = tpe.suggest(trials.new_trial_ids(1), p._domain, trials, seed, prior_weight=p.prior_weight,
+                         n_startup_jobs=p.n_startup_trials, n_EI_candidates=p.n_ei_candidates,
+                         gamma=p._gamma(len(configs)), verbose=False)  # fmt: skip
+    unit = np.array([p._to_unit(q, doc["misc"]["vals"][q.name][0]) for q in SPACE.params])
+    return SPACE.from_unit(unit)
+
+
+@pytest.mark.parametrize("options", [{}, {"split": "linear", "gamma": 0.1}, {"n_ei_candidates": 50, "prior_weight": 0.5}])
+def test_tpe_proposes_what_hyperopts_own_suggest_does(options):
+    """The posterior built once and the trials encoded once change nothing hyperopt's tpe.suggest would propose."""
+    _, history, _ = study("random", seed=0, n=70)
+    for n, pending in ((5, []), (11, []), (30, [history[40].params]), (70, [])):
+        for seed in (0, 7):
+            p = TPEProposer(SPACE, seed=seed, **options)
+            seed_used = int(np.random.default_rng([seed, n + len(pending)]).integers(2**31 - 1))
+            assert p.ask(history[:n], pending).params == hyperopt_suggestion(p, history[:n], pending, seed_used)
 
 
 def test_tpe_needs_no_tell_and_ignores_what_it_is_told():
