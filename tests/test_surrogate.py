@@ -88,8 +88,9 @@ def test_measured_noise_pools_the_spread_of_repeated_configurations():
     assert measured_noise(x[:1], rows[:1]) == (0.0, 0)
 
 
-def test_fit_scores_every_candidate_on_held_out_trials():
-    proc = run_cli("jaxhpo.surrogate", "fit")
+def test_fit_scores_every_candidate_on_held_out_trials(tmp_path):
+    # on the table's first 120 trials: the whole table's 20 Gaussian-process fits take minutes
+    proc = run_cli("jaxhpo.surrogate", "fit", "--table", str(_copy_table(tmp_path, rows=120)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("extra_trees", "random_forest", "lightgbm", "gp", "Spearman", "OOM boundary", "seed-to-seed noise"):
         assert name in proc.stdout
