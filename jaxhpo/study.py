@@ -34,7 +34,7 @@ from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
-from jaxhpo.proposers import make_proposer
+from jaxhpo.proposers import make_proposer, proposer_options
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
@@ -216,6 +216,13 @@ class Study:
         if "trainer" in stored:  # a key added since the journal was written had the value it has there
             stored_trainer = {**KEYS_ADDED, "trainer.name": "gpt", **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
+        # The method's options as the proposer takes them (its defaults filled in); journals before they were
+        # recorded cannot say which they ran with and are accepted.
+        options = json.loads(json.dumps({**proposer_options(self.method, self.cfg.protocol),
+                                          **self.cfg.method.options}))  # fmt: skip
+        stored_options = stored.get("method_options", options)
+        clash += [(f"method.options.{k}", stored_options.get(k), v) for k, v in options.items()
+                  if stored_options.get(k, v) != v]  # fmt: skip
         protocol = dataclasses.asdict(self.cfg.protocol)
         if stored:  # a journal written before protocols existed ran jaxhpo's; a key added since did not apply
             stored_protocol = {**protocol, **stored["protocol"]} if "protocol" in stored else \
@@ -232,7 +239,7 @@ class Study:
         study = self.cfg.study
         updates = {"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers}
         if not stored:
-            updates.update(info, space=self.space.definition(), space_name=self.space.name)
+            updates.update(info, space=self.space.definition(), space_name=self.space.name, method_options=options)
         if "trainer" not in stored:
             updates["trainer"] = trainer
         if "protocol" not in stored:

@@ -250,8 +250,8 @@ def learning_curve(name: str, seeds: int) -> tuple[float, float]:
 def test_learns_faster_than_random(name):
     # CMA-ES (float32 on XLA) and TPE (hyperopt on NumPy's SIMD exp/log) take other paths on another CPU, so the
     # proposer's seeds are in effect fresh draws there; random search is NumPy's generator alone (the same
-    # everywhere). Per seed, best in 60 trials: random 1.04 ± 0.14, tpe 0.83 ± 0.15, cmaes 0.84 ± 0.15 (40 seeds
-    # each, on two CPUs for cmaes). A mean of 4 seeds missed 0.85 × random's about one run in five; 24 seeds
+    # everywhere). Per seed, best in 60 trials: random 1.04 ± 0.14, tpe 0.83 ± 0.15 (0.74 over 24 seeds since its
+    # Optuna-style split), cmaes 0.84 ± 0.15 (40 seeds each, on two CPUs for cmaes). A mean of 4 seeds missed 0.85 × random's about one run in five; 24 seeds
     # against 0.9 × random miss about one in 5,000, and a learner no better than random (~1.04) still fails.
     # (A CMA-ES that never updates its distribution: best 1.40.)
     best, failed = learning_curve(name, 24)

@@ -45,9 +45,11 @@ def test_a_surrogate_study_is_a_study_and_answers_the_same_configuration_and_see
     proc = surrogate_study(tmp_path / "c", "study.max_trials=1", "surrogate.noise_std=0.05", "seed=1")
     with Journal(tmp_path / "c/journal.sqlite", readonly=True) as journal:
         assert journal.trials()[0].val_bpb != trials[0].val_bpb
-    # resuming under other surrogate settings would mix incomparable trials
+    # resuming under other surrogate settings, or other method options, would mix incomparable trials
     proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.1")
     assert proc.returncode == 2 and "surrogate.noise_std=0.05, not 0.1" in proc.stderr, proc.stderr[-2000:]
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.05", "method.options.gamma=0.2")
+    assert proc.returncode == 2 and "method.options.gamma=0.1, not 0.2" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_the_fitted_models_reproduce_the_data_they_were_fitted_on():
