@@ -104,7 +104,9 @@ def write_table(work: Path, out: Path, command: str) -> int:
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # The trainer's commit: the last one that changed what a trial runs (the model package and the trial runner).
+    commit = subprocess.run(["git", "log", "-1", "--format=%H", "--", "model", "jaxhpo/trial.py"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "trainer_commit": commit, "trainer": trainer, "space_name": "tiny", "space": space,
          "trials": len(rows),
