@@ -58,7 +58,7 @@ class SurrogateConfig:
     journals: list[str] = field(default_factory=list)  # study journals to fit on instead of the table
     # Of val_bpb and cost, and of the status: what `python -m jaxhpo.surrogate fit` scored best on the table (README).
     regressor: str = "gp"
-    classifier: str = "extra_trees"
+    classifier: str = "lightgbm"
     noise_std: Optional[float] = None  # val_bpb noise between seeds; None = measured from the data's repeats
     cache_dir: Optional[str] = "~/.cache/jaxhpo"  # fitted models cached by data, models and code; None = fit each time
 
