@@ -94,7 +94,7 @@ def test_fit_scores_every_candidate_on_held_out_trials(tmp_path):
     # on the table's first 120 trials: the whole table's 20 Gaussian-process fits take minutes
     proc = run_cli("jaxhpo.surrogate", "fit", "--table", str(_copy_table(tmp_path, rows=120)))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("extra_trees", "random_forest", "lightgbm", "gp", "Spearman", "OOM boundary", "seed-to-seed noise"):
+    for name in ("extra_trees", "random_forest", "lightgbm", "gp", "Spearman", "OOM boundary", "OOMs found", "(commonest)", "seed-to-seed noise"):
         assert name in proc.stdout
     assert "best: surrogate.regressor=" in proc.stdout
 

@@ -19,9 +19,11 @@ def report(scores: dict) -> str:
              "5-fold held-out fit", "", f"{'regressor':<14} {'R² val_bpb':>10} {'Spearman ρ':>10} {'R² log cost':>11}"]
     for name, s in scores["regressors"].items():
         lines.append(f"{name:<14} {s['r2']:>10.3f} {s['spearman']:>10.3f} {s['cost_r2']:>11.3f}")
-    lines += ["", f"{'classifier':<14} {'accuracy':>10} {'OOM boundary':>12}"]
+    lines += ["", f"{'classifier':<14} {'accuracy':>10} {'OOM boundary':>12} {'OOMs found':>10}"]
     for name, s in scores["classifiers"].items():
-        lines.append(f"{name:<14} {s['accuracy']:>10.3f} {s['oom_accuracy']:>12.3f}")
+        found = "–" if s["oom_recall"] is None else f"{s['oom_recall']:.3f}"
+        lines.append(f"{name:<14} {s['accuracy']:>10.3f} {s['oom_accuracy']:>12.3f} {found:>10}")
+    lines.append(f"{'(commonest)':<14} {scores['majority_accuracy']:>10.3f}")
     # Ranked by Spearman ρ: optimizers are compared by which configurations they find, so what a surrogate must
     # get right is the order of configurations more than the scale of val_bpb.
     best_r = max(scores["regressors"], key=lambda n: scores["regressors"][n]["spearman"])
