@@ -5,7 +5,8 @@ compared pairwise over seeds, and what its asks and tells cost.
         [--objectives sphere ellipsoid rosenbrock rastrigin autoresearch] [--seeds 10] [--trials 60] [--json PATH]
 
 A proposer may carry options, `method:key=value,key=value` (values in YAML: `tpe:split=linear,gamma=0.1`), to
-measure a variant beside its default; a tpe or cmaes variant is paired with optuna_tpe or optuna_cmaes.
+measure a variant beside its default; a variant is paired with its method's default (`tpe:avoid_failures=false`
+with `tpe`) when both run, and a tpe or cmaes variant with optuna_tpe or optuna_cmaes.
 
 Objectives. Four BBOB-style functions over 10 floats x0..x9 in [-5, 5] (linear, default 0): sphere, ellipsoid
 (condition 1e6), Rosenbrock and Rastrigin, each of z = x - x_opt with its own optimum x_opt drawn once from
@@ -27,12 +28,12 @@ failures told as status "oom". Each ask and tell is timed (time.perf_counter); b
 not. Proposers take their default options and jaxhpo's protocol; JAX runs on the CPU, as in the study process.
 
 Figures. (1) Per objective, the mean (± sample std over seeds) best-so-far regret after trials/3, 2*trials/3 and all
-trials, and for autoresearch the late failure rate: the failed share of the last half of the trials, pooled over
-seeds. (2) Paired by seed, at the end: the geometric mean of regret_a / regret_b (< 1: a is better), a 95%
-bootstrap CI (10,000 resamples of the seeds), the two-sided Wilcoxon signed-rank p-value of log(regret_a /
-regret_b), and the seeds where a is better. 1e-12 is added to every regret before ratios and logs, so a regret of
-exactly 0 does not divide by zero. The noise floor row, random vs random with seeds + 1000, shows what ratio chance
-alone gives. (3) Milliseconds per ask and per tell, median and mean over all calls of all objectives; CMA-ES's
+trials, and for autoresearch the failure rate (the failed share of all trials, the default's included) and the
+late failure rate (of the last half of the trials), both pooled over seeds. (2) Paired by seed, at the end: the
+geometric mean of regret_a / regret_b (< 1: a is better), a 95% bootstrap CI (10,000 resamples of the seeds), the
+two-sided Wilcoxon signed-rank p-value of log(regret_a / regret_b), and the seeds where a is better. 1e-12 is
+added to every regret before ratios and logs, so a regret of exactly 0 does not divide by zero. The noise floor
+row, random vs random with seeds + 1000, shows what ratio chance alone gives. (3) Milliseconds per ask and per tell, median and mean over all calls of all objectives; CMA-ES's
 one-off jit compiles (per dimension) land in its first calls, hence in the means, not the medians.
 """
 
@@ -231,15 +232,18 @@ def main() -> None:
     for objective, by_label in runs.items():
         header = ["proposer"] + [f"regret @{k}" for k in checkpoints]
         fails = objective == "autoresearch"
-        header += ["late failures"] if fails else []
+        header += ["failures", "late failures"] if fails else []
         rows = []
         for label in args.proposers:
             curves = np.array([r["regret"] for r in by_label[label]])
             ddof = 1 if len(curves) > 1 else 0  # the sample std over seeds
             at = {k: (float(curves[:, k - 1].mean()), float(curves[:, k - 1].std(ddof=ddof))) for k in checkpoints}
+            failed = float(np.mean([f for r in by_label[label] for f in r["failed"]]))
             late = float(np.mean([f for r in by_label[label] for f in r["failed"][args.trials // 2 :]]))
-            summary.setdefault(objective, {})[label] = {"regret_at": at, "late_failure_rate": late}
-            rows.append([label] + [f"{m:.3g} ± {s:.2g}" for m, s in at.values()] + ([f"{late:.1%}"] if fails else []))
+            summary.setdefault(objective, {})[label] = {"regret_at": at, "failure_rate": failed,
+                                                        "late_failure_rate": late}  # fmt: skip
+            rows.append([label] + [f"{m:.3g} ± {s:.2g}" for m, s in at.values()]
+                        + ([f"{failed:.1%}", f"{late:.1%}"] if fails else []))  # fmt: skip
         floor = OBJECTIVES[objective][2]
         print(f"### {objective} (mean ± std over seeds of best-so-far regret; floor {floor:.6g})\n")
         print(table(header, rows) + "\n")
@@ -247,8 +251,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pairs = [(a, f"optuna_{parse(a)[0]}") for a in args.proposers
              if parse(a)[0] in PAIRED and f"optuna_{parse(a)[0]}" in args.proposers]  # fmt: skip
+    pairs += [(a, parse(a)[0]) for a in args.proposers if a != parse(a)[0] and parse(a)[0] in args.proposers]
     pairs += [(m, "random") for m in args.proposers if m != "random" and "random" in args.proposers]
     pairs += [NOISE] if "random" in args.proposers else []
+    pairs = list(dict.fromkeys(pairs))  # a random variant is paired with random by both rules
     ratios, rows = [], []
     for objective in args.objectives:
         for a, b in pairs:

@@ -34,7 +34,7 @@ from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
-from jaxhpo.proposers import make_proposer, proposer_options
+from jaxhpo.proposers import make_proposer, options_added, proposer_options
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
@@ -217,10 +217,12 @@ class Study:
             stored_trainer = {**KEYS_ADDED, "trainer.name": "gpt", **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
         # The method's options as the proposer takes them (its defaults filled in); journals before they were
-        # recorded cannot say which they ran with and are accepted.
+        # recorded cannot say which they ran with and are accepted. An option added since ran as it did before.
         options = json.loads(json.dumps({**proposer_options(self.method, self.cfg.protocol),
                                           **self.cfg.method.options}))  # fmt: skip
-        stored_options = stored.get("method_options", options)
+        stored_options = options
+        if "method_options" in stored:
+            stored_options = {**options_added(self.method, self.cfg.protocol), **stored["method_options"]}
         clash += [(f"method.options.{k}", stored_options.get(k), v) for k, v in options.items()
                   if stored_options.get(k, v) != v]  # fmt: skip
         protocol = dataclasses.asdict(self.cfg.protocol)

@@ -485,7 +485,7 @@ def test_tpe_proposes_what_hyperopts_own_suggest_does(options):
     _, history, _ = study("random", seed=0, n=70)
     for n, pending in ((5, []), (11, []), (30, [history[40].params]), (70, [])):
         for seed in (0, 7):
-            p = TPEProposer(SPACE, seed=seed, **options)
+            p = TPEProposer(SPACE, seed=seed, avoid_failures=False, **options)  # hyperopt has no failure model
             seed_used = int(np.random.default_rng([seed, n + len(pending)]).integers(2**31 - 1))
             assert p.ask(history[:n], pending).params == hyperopt_suggestion(p, history[:n], pending, seed_used)
 

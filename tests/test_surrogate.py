@@ -50,6 +50,15 @@ def test_a_surrogate_study_is_a_study_and_answers_the_same_configuration_and_see
     assert proc.returncode == 2 and "surrogate.noise_std=0.05, not 0.1" in proc.stderr, proc.stderr[-2000:]
     proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.05", "method.options.gamma=0.2")
     assert proc.returncode == 2 and "method.options.gamma=0.1, not 0.2" in proc.stderr, proc.stderr[-2000:]
+    # a journal written before an option existed ran as the proposer did without it (tpe: no failure model)
+    with Journal(tmp_path / "a/journal.sqlite") as journal:
+        options = journal.study_info()["method_options"]
+        journal.set_study_info({"method_options": {k: v for k, v in options.items() if k != "avoid_failures"}})
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.05")
+    assert proc.returncode == 2 and "method.options.avoid_failures=False, not True" in proc.stderr, proc.stderr[-2000:]
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.05",
+                           "method.options.avoid_failures=false")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_the_fitted_models_reproduce_the_data_they_were_fitted_on():

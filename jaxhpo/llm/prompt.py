@@ -508,16 +508,17 @@ def _mean_lines(space: Space, state: Mapping) -> str:
 
 def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord], suggestion: Mapping | None,
                    n_recent: int = RECENT, n_top: int = TOP, max_tokens: int = MAX_PROMPT_TOKENS,
-                   pending: Sequence[Mapping] = ()) -> list[dict]:  # fmt: skip
+                   pending: Sequence[Mapping] = (), suggestion_p_fail: float | None = None) -> list[dict]:  # fmt: skip
     """The chat messages for one Centaur LLM turn.
 
     `state` is `CMAESProposer.state_summary()` (optionally with "sigma0", the initial step size); `suggestion` is
-    the configuration CMA-ES would run next. The prompt holds the search space; CMA-ES's mean (decoded to
-    parameter values and in unit coordinates, with each coordinate's standard deviation σ·sqrt(C_kk)), σ, the
-    covariance matrix labelled by parameter, the suggestion; the top trials; the last evaluations with failure
-    reasons; the configurations still running (if any); the best configuration; guidance; and "Reply with JSON
-    only." -- at most `max_tokens` estimated
-    tokens (fewer recent evaluations are shown if need be).
+    the configuration CMA-ES would run next, and `suggestion_p_fail` the failure model's probability that it fails
+    when the model predicts it does (jaxhpo.feasibility; None: not predicted to fail, or no model). The prompt holds
+    the search space; CMA-ES's mean (decoded to parameter values and in unit coordinates, with each coordinate's
+    standard deviation σ·sqrt(C_kk)), σ, the covariance matrix labelled by parameter, the suggestion (marked when
+    predicted to fail); the top trials; the last evaluations with failure reasons; the configurations still
+    running (if any); the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens`
+    estimated tokens (fewer recent evaluations are shown if need be).
     """
     names = list(state.get("names") or space.names)
     sigma = float(state["sigma"])
@@ -550,6 +551,8 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
         "Covariance matrix C (sampling covariance = sigma^2 * C):",
         covariance_text(names, state["covariance"]),
         f"CMA-ES's next suggestion:\n{sugg}",
+        *([f"It is predicted to fail (p={suggestion_p_fail:.2f}, by a classifier of the trials that failed)."]
+          if suggestion_p_fail is not None else []),
     ])  # fmt: skip
 
     def build(n: int) -> list[dict]:

@@ -33,6 +33,12 @@ def proposer_options(name: str, protocol: ProtocolConfig | None = None) -> dict[
     return {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
 
 
+def options_added(name: str, protocol: ProtocolConfig | None = None) -> dict[str, Any]:
+    """The options method `name` gained since journals record method options, each with the value a journal
+    without it ran with (`Proposer.options_added`)."""
+    return dict(_lookup(name, protocol).options_added)
+
+
 def make_proposer(name: str, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None,
                   **options: Any) -> Proposer:  # fmt: skip
     """A fresh proposer for method `name` under `protocol` (None: jaxhpo's); ValueError (one line) for an unknown
@@ -61,5 +67,5 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 __all__ = [
     "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
     "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SobolProposer",
-    "TPEProposer", "make_proposer", "penalized_values", "proposer_options",
+    "TPEProposer", "make_proposer", "options_added", "penalized_values", "proposer_options",
 ]  # fmt: skip

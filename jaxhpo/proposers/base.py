@@ -39,6 +39,9 @@ class Proposer(ABC):
 
     name: str = "?"
     uses_llm: bool = False
+    # Options added since journals record a study's method options, each with the value that does what the
+    # proposer did before it existed: a journal without the key ran with that value (checked on resume).
+    options_added: dict[str, Any] = {}
 
     def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         self.space, self.seed = space, seed

@@ -7,7 +7,8 @@ multiple of round(1 / ratio). With the defaults (warmup 10, ratio 0.3, round(3.3
 share 1/round(1/ratio) ≈ ratio of the trials after the warm-up.
 
 On an LLM turn the prompt (`jaxhpo.llm.prompt.centaur_prompt`) holds the search space, CMA-ES's mean (decoded and
-in unit coordinates), step size σ, covariance matrix labelled by parameter and next suggestion, the top-5 trials,
+in unit coordinates), step size σ, covariance matrix labelled by parameter and next suggestion (marked "predicted to
+fail" when CMA-ES's failure model still predicts that after its redraws, see `CMAESProposer`), the top-5 trials,
 the last 20 evaluations with failure reasons, the best configuration, and guidance. If the reply parses, its
 configuration -- clamped to the bounds, missing parameters filled from CMA-ES's suggestion -- is proposed with
 proposer "llm". If the LLM is missing, fails, or replies without a usable JSON object, CMA-ES's suggestion is
@@ -109,7 +110,7 @@ class CentaurProposer(Proposer):
             return Proposal(suggestion.params, "cmaes", suggestion.meta)
         state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
         messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm),
-                                  pending=pending)  # fmt: skip
+                                  pending=pending, suggestion_p_fail=suggestion.meta.get("p_fail"))  # fmt: skip
         params, turn = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, "CMA-ES's suggestion")
         meta = dict(suggestion.meta, llm_turn=turn)
         if params is None:

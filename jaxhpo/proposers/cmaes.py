@@ -41,6 +41,15 @@ behind the worst success, i.e. among the worst members of its generation. evosax
 (recombination weights by rank, negative weights for the worst), so the mean moves away from a region that OOMs and
 the covariance shrinks towards it. Several failures in one generation tie with each other.
 
+Avoiding failures (`avoid_failures`; null: on). Before a member is handed out, the study's failure model
+(jaxhpo.feasibility, fitted on the told trials) predicts whether it fails; if so the member is redrawn from the
+generation's N(m, sigma^2 C), up to MAX_DRAWS draws in all, and the first not predicted to fail is handed out
+(else the one least likely to fail); the meta's `rejected` counts the draws predicted to fail. This is resampling,
+the usual constraint handling of CMA-ES: the generation becomes a sample of the distribution where the model
+predicts success, and what CMA-ES is told is the point that ran. A member's redraws are seeded by (seed,
+generation, member, k), fixed by the generation and not by the model, so `tell` recognises any of them as that
+member; `ask` still changes nothing, and replay is exact. Extra draws are redrawn alike.
+
 Cost. Per process, the first proposer of a given (population_size, d) jit-compiles evosax's init/ask/tell (a few
 seconds on CPU); after that ask and tell take microseconds. The arrays are tiny: run the study process on the CPU
 (JAX_PLATFORMS=cpu), or JAX there would claim most of a GPU's memory that the trainer needs.
@@ -56,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from evosax.algorithms import CMA_ES
 
+from jaxhpo.feasibility import MAX_DRAWS, FailureModel, avoid_failures_option
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.protocol import ProtocolConfig
@@ -94,10 +104,13 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 class CMAESProposer(Proposer):
     name = "cmaes"
+    options_added = {"avoid_failures": False}
 
     def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
-                 protocol: ProtocolConfig | None = None):  # fmt: skip
+                 avoid_failures: bool | None = None, protocol: ProtocolConfig | None = None):  # fmt: skip
         super().__init__(space, seed, protocol)
+        avoid_failures = avoid_failures_option(self.name, True if avoid_failures is None else avoid_failures)
+        self.failure_model = FailureModel(space, seed) if avoid_failures else None
         d = space.dim
         if population_size is None:
             population_size = default_population_size(d)
@@ -125,22 +138,18 @@ class CMAESProposer(Proposer):
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         """The first open member of the current generation that is not running (history is not needed: the state
         comes from tell), or an extra draw from the distribution when every open member is running."""
-        params, member = self._suggest(pending)
+        params, member, picked = self._suggest(pending)
         meta = {"generation": self._generation, "member": member, "sigma": float(self._state.std)}
-        return Proposal(params, self.name, meta)
+        return Proposal(params, self.name, meta | picked)
 
     def tell(self, trial: TrialRecord) -> None:
         self._told.append(trial)
-        j = next((j for j in range(self.population_size)
-                  if not self._used[j] and self._decoded[j] == trial.params), None)  # fmt: skip
-        if j is not None and np.all((self._population[j] >= 0) & (self._population[j] <= 1)):
+        j, x = self._member_of(trial.params)  # x: its own sample (or redraw) -- exactly what was drawn
+        if j is not None:
             self._used[j] = True
-            x = self._population[j]  # its own sample, inside the cube: exactly what evosax drew
-        else:
-            if j is not None:
-                self._used[j] = True
+        if j is None or not np.all((x >= 0) & (x <= 1)):
             # a repaired member (clipped into the cube) or a foreign trial: an injected solution
-            x = self._bounded(np.clip(self._population[j], 0.0, 1.0) if j is not None else self._unit(trial.params))
+            x = self._bounded(np.clip(x, 0.0, 1.0) if j is not None else self._unit(trial.params))
             self._injected += 1
         self._solutions.append(x)
         self._told_idx.append(len(self._told) - 1)
@@ -193,21 +202,63 @@ class CMAESProposer(Proposer):
         population, self._state = self._es.ask(key, self._state, self._params)
         self._population = np.asarray(population, dtype=float)
         self._decoded = [self.space.from_unit(x) for x in self._population]
+        self._redraws: dict[int, list[tuple[np.ndarray, dict]]] = {}  # member -> its redraws (see `_draws`)
         self._used = [False] * self.population_size
         B, D = np.asarray(self._state.B, dtype=float), np.asarray(self._state.D, dtype=float)
         self._sqrt_C = (B * D) @ B.T
         self._inv_sqrt_C = (B / D) @ B.T
 
-    def _suggest(self, pending: Sequence[Mapping]) -> tuple[dict, int | None]:
-        """(configuration, member index) of the next proposal: the first open member not running, else an extra
-        draw from N(m, sigma^2 C) (member None)."""
+    def _suggest(self, pending: Sequence[Mapping]) -> tuple[dict, int | None, dict]:
+        """(configuration, member index, what avoid_failures records in the meta) of the next proposal: the first
+        open member not running -- with avoid_failures, its first draw not predicted to fail (see `_draws`) -- else
+        an extra draw from N(m, sigma^2 C) (member None)."""
         running = [dict(p) for p in pending]
+        model = self.failure_model.fit(self._told) if self.failure_model is not None else None
         for j in range(self.population_size):
-            if not self._used[j] and self._decoded[j] not in running:
-                return dict(self._decoded[j]), j
-        rng = np.random.default_rng([self.seed, self._generation, len(running)])
+            if self._used[j] or self._decoded[j] in running:
+                continue
+            if model is None:
+                return dict(self._decoded[j]), j, {}
+            if running and any(params in running for _, params in self._draws(j)):  # a redraw of it is running
+                continue
+            (_, params), rejected, p_fail = model.pick(lambda k: self._draws(j)[k], config=lambda d: d[1])
+            return dict(params), j, model.meta(rejected, p_fail)
+        if model is None:
+            return self._extra(len(running), 0), None, {}
+        params, rejected, p_fail = model.pick(lambda k: self._extra(len(running), k))
+        return params, None, model.meta(rejected, p_fail)
+
+    def _extra(self, n_running: int, k: int) -> dict:
+        """The k-th extra draw from N(m, sigma^2 C) with `n_running` trials running (k = 0 without avoid_failures)."""
+        rng = np.random.default_rng([self.seed, self._generation, n_running] + ([k] if k else []))
         x = self._mean + self._sigma * self._sqrt_C @ rng.standard_normal(self.space.dim)
-        return self.space.from_unit(np.clip(x, 0.0, 1.0)), None
+        return self.space.from_unit(np.clip(x, 0.0, 1.0))
+
+    def _draws(self, j: int) -> list[tuple[np.ndarray, dict]]:
+        """Member j's draws, (unit point, configuration): its own sample, then MAX_DRAWS - 1 redraws from this
+        generation's N(m, sigma^2 C), seeded by (seed, generation, j, k). They depend on the generation alone, not on
+        the failure model, so `tell` knows every point the member may have been handed out as."""
+        if j not in self._redraws:
+            draws = [(self._population[j], self._decoded[j])]
+            for k in range(1, MAX_DRAWS):
+                z = np.random.default_rng([self.seed, self._generation, j, k]).standard_normal(self.space.dim)
+                x = self._mean + self._sigma * self._sqrt_C @ z
+                draws.append((x, self.space.from_unit(x)))
+            self._redraws[j] = draws
+        return self._redraws[j]
+
+    def _member_of(self, params: Mapping) -> tuple[int | None, np.ndarray | None]:
+        """(member, its point) of an open member that was handed out as `params`, else (None, None)."""
+        for j in range(self.population_size):
+            if not self._used[j] and self._decoded[j] == params:
+                return j, self._population[j]
+        if self.failure_model is not None:
+            for j in range(self.population_size):
+                if not self._used[j]:
+                    x = next((x for x, p in self._draws(j)[1:] if p == params), None)
+                    if x is not None:
+                        return j, x
+        return None, None
 
     def _unit(self, params: dict) -> np.ndarray:
         try:

@@ -4,8 +4,8 @@
 The reply is parsed and repaired by `jaxhpo.llm.prompt.parse_reply` (missing parameters are filled from the best
 configuration so far). When there is no LLM, the call fails (unreachable server, timeout, HTTP error, empty reply
 after the client's retries) or the reply holds no usable JSON object, the trial falls back to a seeded uniform
-random draw -- what `random` would propose for that trial -- tagged "llm→fallback", and the one-line reason is
-recorded. A study never stops because of its LLM.
+random draw -- what `random` would propose for that trial without avoid_failures -- tagged "llm→fallback", and the
+one-line reason is recorded. A study never stops because of its LLM.
 
 Every proposal carries `meta["llm_turn"]`, a plain dict the study stores in the journal's `llm_turns` table:
 kind, prompt (the chat messages as JSON text), reply (raw text or None), parsed (the configuration or None),
@@ -161,7 +161,7 @@ class LLMProposer(Proposer):
         return Proposal(self._random(history, pending), LLM_ERROR if unreachable else FALLBACK, meta)
 
     def _random(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> dict:
-        # RandomProposer's draw for this trial: seeded by (seed, trial number), so replay-stable
+        # RandomProposer's first draw for this trial: seeded by (seed, trial number), so replay-stable
         return self.space.sample(np.random.default_rng([self.seed, trial_index(history, pending)]))
 
 

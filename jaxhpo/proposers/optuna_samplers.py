@@ -150,7 +150,11 @@ class OptunaCMAESProposer(OptunaProposer):
     name = "cmaes"
 
     def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
-                 protocol: ProtocolConfig | None = None):  # fmt: skip
+                 avoid_failures: bool | None = None, protocol: ProtocolConfig | None = None):  # fmt: skip
+        # method=cmaes's options, whichever CMA-ES protocol.cmaes picks; Optuna's sampler has no failure model
+        if avoid_failures not in (None, False):
+            raise ValueError(f"{self.name}: avoid_failures needs protocol.cmaes=evosax (Optuna's CmaEsSampler has no "
+                             f"failure model); set it to null or false, got {avoid_failures!r}")
         _check_int(self.name, "population_size", population_size, 2, nullable=True)
         if sigma0 is not None and (isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or sigma0 <= 0):
             raise ValueError(f"{self.name}: sigma0 must be a positive number or null, got {sigma0!r}")
@@ -183,3 +187,7 @@ class OptunaCMAESMethod(OptunaCMAESProposer):
     """`method=optuna_cmaes`: the same sampler under its own name, beside evosax's `cmaes`, in any protocol."""
 
     name = "optuna_cmaes"
+
+    def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
+        super().__init__(space, seed, population_size, sigma0, protocol=protocol)  # without method=cmaes's option

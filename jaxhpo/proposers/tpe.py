@@ -44,6 +44,14 @@ few ("good" density) and the rest ("bad" density), so a failure always lands in 
 without a made-up magnitude: proposals drift away from its neighbourhood, but only as much as from any other poor
 trial -- TPE has no separate model of where trials fail. Before any trial has succeeded all losses tie and the split
 is arbitrary (deterministic, so replay still matches).
+
+Avoiding failures (`avoid_failures`, on by default). That is how TPE came to pair a large DEVICE_BATCH_SIZE, good
+in its best small-model trials, with large models that OOM. With the option, the study's failure model
+(jaxhpo.feasibility, fitted on the history) filters the proposal: if it predicts hyperopt's proposal fails, TPE
+proposes again with the trial's next seed, (seed, trial number, j) for j = 1, 2, ..., up to MAX_DRAWS proposals in
+all, and keeps the first not predicted to fail (else the one least likely to); the meta's `rejected` counts the
+proposals predicted to fail. The first proposal is always hyperopt's with the usual seed, so without the option,
+or before any trial has failed, the proposals are hyperopt's to the bit.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import numpy as np
 from hyperopt import hp, pyll, tpe
 from hyperopt.base import Domain
 
+from jaxhpo.feasibility import FailureModel, avoid_failures_option
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values, trial_index
 from jaxhpo.protocol import ProtocolConfig
@@ -69,6 +78,7 @@ SPLITS = ("sqrt", "linear")
 
 class TPEProposer(Proposer):
     name = "tpe"
+    options_added = {"avoid_failures": False}
 
     def __init__(
         self,
@@ -79,9 +89,11 @@ class TPEProposer(Proposer):
         n_ei_candidates: int = tpe._default_n_EI_candidates,
         prior_weight: float = tpe._default_prior_weight,
         split: str = "linear",
+        avoid_failures: bool = True,
         protocol: ProtocolConfig | None = None,
     ):
         super().__init__(space, seed, protocol)
+        self.failure_model = FailureModel(space, seed) if avoid_failures_option(self.name, avoid_failures) else None
         if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int) or n_startup_trials < 0:
             raise ValueError(f"tpe: n_startup_trials must be an integer >= 0, got {n_startup_trials!r}")
         if not 0 < gamma < 1:
@@ -113,15 +125,22 @@ class TPEProposer(Proposer):
         self._vals_cache: dict[int, tuple[TrialRecord, dict]] = {}  # trial number -> (its record, its values)
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
-        n = len(history)
-        seed = int(np.random.default_rng([self.seed, trial_index(history, pending)]).integers(2**31 - 1))
+        n, number = len(history), trial_index(history, pending)
         configs = [self._vals(t) for t in history] + [self._vals_of(dict(p)) for p in pending]
         losses = list(penalized_values(history, self.protocol.failure_value))
         losses += [max(losses, default=0.0)] * len(pending)  # the constant liar
-        vals = self._suggest(configs, losses, seed)
-        unit = np.array([self._to_unit(p, vals[p.name]) for p in self.space.params])
-        phase = "startup" if n < self.n_startup_trials else "tpe"
-        return Proposal(self.space.from_unit(unit), self.name, {"phase": phase})
+        meta = {"phase": "startup" if n < self.n_startup_trials else "tpe"}
+
+        def draw(j: int) -> dict:
+            """The proposal with the j-th seed of this trial: j = 0 is the one without avoid_failures."""
+            key = [self.seed, number] if j == 0 else [self.seed, number, j]
+            vals = self._suggest(configs, losses, int(np.random.default_rng(key).integers(2**31 - 1)))
+            return self.space.from_unit(np.array([self._to_unit(p, vals[p.name]) for p in self.space.params]))
+
+        if self.failure_model is None:
+            return Proposal(draw(0), self.name, meta)
+        params, rejected, p_fail = self.failure_model.fit(history).pick(draw)
+        return Proposal(params, self.name, meta | self.failure_model.meta(rejected, p_fail))
 
     def _suggest(self, configs: list[dict], losses: list[float], seed: int) -> dict:
         """What `hyperopt.tpe.suggest` proposes for the next trial after the observations (configs as hyperopt
