@@ -14,10 +14,9 @@ autoresearch's training budget on an H100, 15 s the embedded default, trial.time
 is longer than its training budget (startup, compile, evaluation), so the shares are upper bounds.
 
 The history is the proposer's own: every trial after the default is one it asked for (TPE's too: its asks at
-up to 500 trials take tens of seconds in all), scored by a cheap synthetic objective -- a shifted quadratic in
-the unit encoding, DEPTH and ASPECT_RATIO weighted 3x, a per-WINDOW_PATTERN penalty, and an "OOM" (a failed trial)
-when DEPTH and ASPECT_RATIO are both in their top third -- so the proposers see the successes and failures they
-would see in a study. CMA-ES's state is a function of what it was told, so its rows are after N real tells.
+up to 500 trials take tens of seconds in all), scored by benchmarks/proposer_quality.py's synthetic autoresearch
+objective (a shifted quadratic in the unit encoding with an "OOM" region of large models and large batches), so
+the proposers see the successes and failures they would see in a study. CMA-ES's state is a function of what it was told, so its rows are after N real tells.
 The repeats default, 22, is two CMA-ES generations (11 members in 14-D): the one tell in 11 that updates
 evosax's state and samples the next generation is in every window in its true proportion.
 
@@ -42,40 +41,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
+from proposer_quality import AR_SPACE as SPACE  # benchmarks/, on sys.path when run as a script
+from proposer_quality import autoresearch as objective
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.cmaes import default_population_size
-from jaxhpo.space import Space
 
-SPACE_YAML = Path(__file__).resolve().parents[1] / "hydra_configs" / "space" / "autoresearch.yaml"
-
-
-def load_space() -> Space:
-    cfg = OmegaConf.load(SPACE_YAML)
-    del cfg["defaults"]  # the Hydra defaults list (schema), not part of the space
-    return Space.from_config(cfg)
-
-
-SPACE = load_space()
-I_DEPTH, I_ASPECT = SPACE.names.index("DEPTH"), SPACE.names.index("ASPECT_RATIO")
-CENTER = np.random.default_rng(2026).uniform(0.15, 0.85, SPACE.dim)
-CENTER[[I_DEPTH, I_ASPECT]] = 0.5  # the optimum borders the OOM region, as a real model-size optimum would
-WEIGHT = np.ones(SPACE.dim)
-WEIGHT[[I_DEPTH, I_ASPECT]] = 3.0
-PATTERN = {"SSSL": 0.3, "SSLL": 0.0, "SLSL": 0.2, "LLLL": 0.4, "SSSS": 0.5, "LSSL": 0.25}
 # Trial 0 (the default, injected) and 10 asked trials complete CMA-ES's first generation, whose last tell runs
 # evosax's first update; one more ask of the next generation. Every jit compile of CMA-ES happens in these.
 WARMUP_TRIALS = default_population_size(SPACE.dim) + 1
-
-
-def objective(params: dict) -> float | None:
-    """The synthetic val_bpb, or None for an OOM."""
-    u = SPACE.to_unit(params)
-    if u[I_DEPTH] > 2 / 3 and u[I_ASPECT] > 2 / 3:
-        return None
-    return float(np.sum(WEIGHT * (u - CENTER) ** 2) + PATTERN[params["WINDOW_PATTERN"]])
 
 
 def record(number: int, params: dict, proposer: str, method: str) -> TrialRecord:

@@ -52,7 +52,6 @@ from typing import Callable
 import jax
 import numpy as np
 import yaml
-from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from jaxhpo.journal import TrialRecord
@@ -84,13 +83,7 @@ def bbob(name: str) -> Callable[[dict], float]:
     return lambda params: float(BBOB[name](np.array([params[n] for n in BBOB_SPACE.names]) - x_opt))
 
 
-def load_space() -> Space:
-    cfg = OmegaConf.load(SPACE_YAML)
-    del cfg["defaults"]  # the Hydra defaults list (schema), not part of the space
-    return Space.from_config(cfg)
-
-
-AR_SPACE = load_space()
+AR_SPACE = Space.from_file(SPACE_YAML)
 I_DEPTH, I_ASPECT = AR_SPACE.names.index("DEPTH"), AR_SPACE.names.index("ASPECT_RATIO")
 CENTER = np.random.default_rng(2026).uniform(0.15, 0.85, AR_SPACE.dim)
 CENTER[[I_DEPTH, I_ASPECT]] = 0.5  # the optimum borders the OOM region, as a real model-size optimum would

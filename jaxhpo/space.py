@@ -197,6 +197,16 @@ class Space:
             cfg = asdict(cfg)
         return cls(cfg["name"], cfg["params"], pow2_prior)
 
+    @classmethod
+    def from_file(cls, path, pow2_prior: str = "uniform") -> "Space":
+        """Build from a space YAML file such as hydra_configs/space/autoresearch.yaml, outside Hydra (its defaults
+        list, which names the schema, is not part of the space)."""
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path)
+        cfg.pop("defaults", None)
+        return cls.from_config(cfg, pow2_prior)
+
     def definition(self) -> dict:
         """The space as plain data: what `space_id` hashes and what a prompt or the journal shows (the uniform
         prior left out, so spaces defined before the prior was a choice keep their ids)."""

@@ -69,9 +69,7 @@ def stable_meta(meta: dict) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def autoresearch() -> Space:
-    cfg = OmegaConf.load(REPO / "hydra_configs/space/autoresearch.yaml")
-    del cfg["defaults"]  # the Hydra defaults list (schema), not part of the space
-    return Space.from_config(cfg)
+    return Space.from_file(REPO / "hydra_configs/space/autoresearch.yaml")
 
 
 SPACE = autoresearch()
