@@ -1,6 +1,8 @@
 """The study's model of failure: how likely a configuration is to fail (OOM, divergence, ...), learned from the
 told trials, so that any proposer can avoid what is predicted to fail (the `avoid_failures` option of random, tpe
-and cmaes; Centaur's prompt marks a CMA-ES suggestion still predicted to fail).
+and cmaes; Centaur's prompt marks a CMA-ES suggestion still predicted to fail). Configurations whose shapes the
+memory pre-flight has already refused, in this study or another sharing its compilation cache (jaxhpo.footprints),
+are certain failures: the study sets `known_to_fail`, and their p_fail is 1.
 
 The model. An extra-trees classifier (scikit-learn's ExtraTreesClassifier: 50 trees, every feature considered at
 each split, random_state = the proposer's seed) on the unit encodings of the trials that ran, label "failed";
@@ -61,6 +63,9 @@ class FailureModel:
         self._units: dict[int, tuple[TrialRecord, np.ndarray]] = {}  # trial number -> (its record, its encoding)
         self._data: tuple[np.ndarray, np.ndarray] | None = None  # the (X, y) the classifier was fitted on
         self._clf: Any = None  # None: knows nothing
+        # Set by the study: whether a configuration is already known to fail (the pre-flight cache by shape,
+        # jaxhpo.footprints); such a configuration has p_fail 1, whatever the classifier says
+        self.known_to_fail: Callable[[Mapping], bool] | None = None
 
     @property
     def knows_anything(self) -> bool:
@@ -80,11 +85,15 @@ class FailureModel:
         return self
 
     def p_fail(self, configs: Sequence[Mapping]) -> np.ndarray:
-        """The probability that each configuration fails (0 for all while it knows nothing)."""
-        if self._clf is None or not len(configs):
-            return np.zeros(len(configs))
-        X = np.array([self._encode(c) for c in configs])
-        return self._clf.predict_proba(X)[:, list(self._clf.classes_).index(True)]
+        """The probability that each configuration fails: 1 for one known to fail, else the classifier's (0 while
+        it knows nothing)."""
+        p = np.zeros(len(configs))
+        if self._clf is not None and len(configs):
+            X = np.array([self._encode(c) for c in configs])
+            p = self._clf.predict_proba(X)[:, list(self._clf.classes_).index(True)]
+        if self.known_to_fail is not None:
+            p = np.where([self.known_to_fail(c) for c in configs], 1.0, p)
+        return p
 
     def pick(self, draw: Callable[[int], T], config: Callable[[T], Mapping] = lambda c: c,
              max_draws: int = MAX_DRAWS) -> tuple[T, int, float]:  # fmt: skip

@@ -27,10 +27,13 @@ import re
 import time
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 from rich.console import Console
 
 from jaxhpo.config import StudyConfig, check_study_settings
+from jaxhpo.footprints import FILE as FOOTPRINTS
+from jaxhpo.footprints import FootprintCache, oom_message
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
@@ -81,7 +84,23 @@ class Study:
                                                     **cfg.method.options)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
+        footprints = self.trial.footprint_cache and self.surrogate is None  # a surrogate has no pre-flight
+        self.footprints = FootprintCache(Path(self.trial.compile_cache_dir) / FOOTPRINTS if footprints else None,
+                                         warn=lambda line: self.console.print(line, highlight=False))  # fmt: skip
+        if self.proposer.failure_model is not None and self.footprints.path is not None:
+            self.proposer.failure_model.known_to_fail = self._known_to_fail
         self._warned_fallback = False
+
+    def _known_to_fail(self, params: Mapping) -> bool:
+        """Whether the pre-flight cache knows `params`'s shapes do not fit (what the proposers' failure model
+        reads): a configuration the trainer would refuse is not for this to say."""
+        if self.footprints.empty():  # the usual case, and building the trainer's config takes milliseconds
+            return False
+        try:
+            cfg, _ = trial_config(self.base, self.space, params, self.trial)
+        except ValueError:
+            return False
+        return self.footprints.predicted_oom(cfg) is not None
 
     def _check_base(self) -> None:
         """Refuse a space or base configuration that would fail trial after trial, before the proposer is built
@@ -275,6 +294,12 @@ class Study:
                         self._finish(journal, trial, refused(str(e).splitlines()[0], time.time()), history)
                         stop = self._refusal_stop(history)  # refusals cost no time: the budget never ends them
                         continue
+                    if (footprint := self.footprints.predicted_oom(train_cfg)) is not None:  # a known shape
+                        now = time.time()
+                        result = {"predicted": True, "cached": True, "preflight": footprint}
+                        self._finish(journal, trial, Outcome("oom", None, oom_message(footprint), 0.0, now, now,
+                                                             result), history)  # fmt: skip
+                        continue
                     if repairs:
                         trial.meta["repairs"] = repairs
                     trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
@@ -345,6 +370,13 @@ class Study:
             seed=self.cfg.seed, meta=trial.meta, result=outcome.result,
         )  # fmt: skip
         journal.append(record, llm_turn=trial.llm_turn)
+        if outcome.result.get("predicted"):  # the pre-flight's verdict, for any later trial of these shapes
+            try:
+                cfg, _ = trial_config(self.base, self.space, trial.params, self.trial)
+            except ValueError:
+                cfg = None
+            if cfg is not None:
+                self.footprints.record(cfg, outcome.result, f"trial {trial.number} of {self.run_dir}")
         journal.export_csv(self.run_dir / "trials.csv")
         self.proposer.tell(record)
         history.append(record)

@@ -77,6 +77,9 @@ class TrialConfig:
     preflight: bool = True  # a trial XLA's memory analysis says cannot fit ends as oom after compiling only
     compile_cache: bool = True  # persistent XLA compilation cache shared by the study's trials
     compile_cache_dir: Optional[str] = None  # None = <run dir>/xla_cache; point studies at one folder to share
+    # The pre-flight's "does not fit" verdicts by shape, kept beside the compiled programs (jaxhpo.footprints): a
+    # later trial of a known shape ends as oom at once, and the proposers' failure model avoids it
+    footprint_cache: bool = True
     executor: str = "local"  # local: a subprocess of the study; submitit: a submitit job (SLURM, or local)
     submitit: SubmititConfig = field(default_factory=SubmititConfig)
 

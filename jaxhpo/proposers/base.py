@@ -42,6 +42,9 @@ class Proposer(ABC):
     # Options added since journals record a study's method options, each with the value that does what the
     # proposer did before it existed: a journal without the key ran with that value (checked on resume).
     options_added: dict[str, Any] = {}
+    # The proposer's model of where trials fail (jaxhpo.feasibility.FailureModel), if it has one: the study lets it
+    # read what the memory pre-flight already knows (jaxhpo.footprints).
+    failure_model: Any = None
 
     def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         self.space, self.seed = space, seed

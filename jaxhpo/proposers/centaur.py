@@ -102,6 +102,11 @@ class CentaurProposer(Proposer):
                              "exposes; set protocol.cmaes=evosax, or protocol.centaur=paper")
         self.cmaes = make_cmaes(space, seed, population_size, sigma0, protocol)
 
+    @property
+    def failure_model(self):
+        """CMA-ES's (its LLM turns see what it predicts of the suggestion)."""
+        return self.cmaes.failure_model
+
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         suggestion = self.cmaes.ask(history, pending)
         if self.protocol.centaur == "paper":
