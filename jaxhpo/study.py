@@ -96,11 +96,15 @@ class Study:
         reads): a configuration the trainer would refuse is not for this to say."""
         if self.footprints.empty():  # the usual case, and building the trainer's config takes milliseconds
             return False
+        cfg = self._train_config(params)
+        return cfg is not None and self.footprints.predicted_oom(cfg) is not None
+
+    def _train_config(self, params: Mapping) -> TrainConfig | None:
+        """The trainer's config for `params` (repaired), None for one the trainer refuses."""
         try:
-            cfg, _ = trial_config(self.base, self.space, params, self.trial)
+            return trial_config(self.base, self.space, params, self.trial)[0]
         except ValueError:
-            return False
-        return self.footprints.predicted_oom(cfg) is not None
+            return None
 
     def _check_base(self) -> None:
         """Refuse a space or base configuration that would fail trial after trial, before the proposer is built
@@ -370,13 +374,9 @@ class Study:
             seed=self.cfg.seed, meta=trial.meta, result=outcome.result,
         )  # fmt: skip
         journal.append(record, llm_turn=trial.llm_turn)
-        if outcome.result.get("predicted"):  # the pre-flight's verdict, for any later trial of these shapes
-            try:
-                cfg, _ = trial_config(self.base, self.space, trial.params, self.trial)
-            except ValueError:
-                cfg = None
-            if cfg is not None:
-                self.footprints.record(cfg, outcome.result, f"trial {trial.number} of {self.run_dir}")
+        measured = outcome.result.get("predicted") and not outcome.result.get("cached")  # a pre-flight's verdict
+        if measured and (cfg := self._train_config(trial.params)) is not None:  # for later trials of these shapes
+            self.footprints.record(cfg, outcome.result, f"trial {trial.number} of {self.run_dir}")
         journal.export_csv(self.run_dir / "trials.csv")
         self.proposer.tell(record)
         history.append(record)
