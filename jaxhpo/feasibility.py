@@ -18,7 +18,8 @@ issue's large-batch-with-a-large-model corner: 20 seeds x 60 trials; failed shar
 at 0.3 (random_state 0): tpe 6.7 % / 2.0 % / 0.566, random 10.1 % / 8.3 % / 0.877; with each proposer's seed, as
 here: tpe 8.2 % / 3.5 % / 0.652, random 10.2 % / 8.8 % / 0.842. At 0.5 they miss more: tpe 9.4 % / 5.2 %,
 random 13.2 % / 13.0 %. Lower, all failed / mean final regret: at 0.2 tpe 7.0 % / 0.586, random 7.9 % / 0.844
-(used); at 0.1 tpe 6.7 % / 0.625, random 6.2 % / 0.890, where false rejections start to cost random regret. A random forest (all features, 0.3): tpe 8.2 % / 3.5 % / 0.602, random 11.5 % / 9.8 %.
+(used); at 0.1 tpe 6.7 % / 0.625, random 6.2 % / 0.890, where false rejections start to cost random regret. A
+random forest (all features, 0.3): tpe 8.2 % / 3.5 % / 0.602, random 11.5 % / 9.8 %.
 L1-penalized logistic regression on degree-2 features (fast: 2-9 ms), 0.5: tpe 9.6 % / 4.2 %, random 14.8 % /
 14.0 %; at 0.3 its false rejections cost TPE regret (0.638 vs 0.562 over 10 seeds). Class weights "balanced"
 rejected more good configurations than they caught failures. Fitted on the first trials of studies and scored on

@@ -52,9 +52,10 @@ class FootprintCache:
         self.path, self._warn = (Path(path) if path else None), warn
 
     def record(self, cfg: TrainConfig, result: Mapping[str, Any], trial: str) -> None:
-        """Keep `result`'s verdict if the pre-flight predicted it does not fit; `trial` says where it was seen."""
+        """Keep `result`'s verdict if its pre-flight (run by the trainer, not read from here) predicted it does not
+        fit; `trial` says where it was seen."""
         footprint = result.get("preflight") or {}
-        if not result.get("predicted") or footprint.get("fits", True) or result.get("cached"):
+        if not result.get("predicted") or footprint.get("fits", True):
             return
         row = (shape_key(cfg), json.dumps(dict(footprint, seen=trial)))
         self._run("INSERT OR REPLACE INTO footprints (key, footprint) VALUES (?, ?)", row)
