@@ -28,8 +28,11 @@ failures told as status "oom". Each ask and tell is timed (time.perf_counter); b
 not. Proposers take their default options and jaxhpo's protocol; JAX runs on the CPU, as in the study process.
 
 Figures. (1) Per objective, the mean (± sample std over seeds) best-so-far regret after trials/3, 2*trials/3 and all
-trials, and for autoresearch the failure rate (the failed share of all trials, the default's included) and the
-late failure rate (of the last half of the trials), both pooled over seeds. (2) Paired by seed, at the end: the
+trials, and for autoresearch the failure rate (the failed share of all trials, the default's included), the
+late failure rate (of the last half of the trials), both pooled over seeds, and the share of the budget spent on
+failed trials: a success costs 1, a failure FAILED_COST, the mean wall seconds of the OOM trials of the real
+surrogate table (benchmarks/data/surrogate_tiny.csv: model=tiny under the FLOP budget) over those of its ok trials
+-- an OOM ends before or early in training, so it costs less than a trial that trains to its budget. (2) Paired by seed, at the end: the
 geometric mean of regret_a / regret_b (< 1: a is better), a 95% bootstrap CI (10,000 resamples of the seeds), the
 two-sided Wilcoxon signed-rank p-value of log(regret_a / regret_b), and the seeds where a is better. 1e-12 is
 added to every regret before ratios and logs, so a regret of exactly 0 does not divide by zero. The noise floor
@@ -40,6 +43,7 @@ one-off jit compiles (per dimension) land in its first calls, hence in the means
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -63,6 +67,20 @@ EPS = 1e-12  # added to regrets before ratios and logs
 NOISE = ("random", "random+1000")  # the noise floor pair: random search against itself with other seeds
 PAIRED = ("tpe", "cmaes")  # each (and any variant of it) against Optuna's sampler of the same algorithm
 DIM = 10
+REAL_TRIALS = Path(__file__).resolve().parent / "data" / "surrogate_tiny.csv"
+
+
+def failed_cost(path: Path = REAL_TRIALS) -> float:
+    """Mean wall seconds of the real OOM trials over those of the ok ones (what a failure costs, relatively)."""
+    walls: dict[str, list[float]] = {"ok": [], "oom": []}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row["status"] in walls:
+                walls[row["status"]].append(float(row["wall_seconds"]))
+    return float(np.mean(walls["oom"]) / np.mean(walls["ok"]))
+
+
+FAILED_COST = failed_cost()
 
 # -- objectives: (space, params -> value or None for a failure, floor) ---------------------------------------------
 
@@ -225,7 +243,7 @@ def main() -> None:
     for objective, by_label in runs.items():
         header = ["proposer"] + [f"regret @{k}" for k in checkpoints]
         fails = objective == "autoresearch"
-        header += ["failures", "late failures"] if fails else []
+        header += ["failures", "late failures", "budget on failures"] if fails else []
         rows = []
         for label in args.proposers:
             curves = np.array([r["regret"] for r in by_label[label]])
@@ -233,12 +251,15 @@ def main() -> None:
             at = {k: (float(curves[:, k - 1].mean()), float(curves[:, k - 1].std(ddof=ddof))) for k in checkpoints}
             failed = float(np.mean([f for r in by_label[label] for f in r["failed"]]))
             late = float(np.mean([f for r in by_label[label] for f in r["failed"][args.trials // 2 :]]))
+            cost = failed * FAILED_COST
+            budget = cost / (cost + 1 - failed)
             summary.setdefault(objective, {})[label] = {"regret_at": at, "failure_rate": failed,
-                                                        "late_failure_rate": late}  # fmt: skip
+                                                        "late_failure_rate": late, "failure_budget_share": budget}
             rows.append([label] + [f"{m:.3g} ± {s:.2g}" for m, s in at.values()]
-                        + ([f"{failed:.1%}", f"{late:.1%}"] if fails else []))  # fmt: skip
+                        + ([f"{failed:.1%}", f"{late:.1%}", f"{budget:.1%}"] if fails else []))  # fmt: skip
         floor = OBJECTIVES[objective][2]
-        print(f"### {objective} (mean ± std over seeds of best-so-far regret; floor {floor:.6g})\n")
+        cost = f"; a failure costs {FAILED_COST:.2f} of a success" if fails else ""
+        print(f"### {objective} (mean ± std over seeds of best-so-far regret; floor {floor:.6g}{cost})\n")
         print(table(header, rows) + "\n")
 
     rng = np.random.default_rng(0)

@@ -48,10 +48,13 @@ MAX_DRAWS = 20  # candidates a proposer draws at most for one proposal before it
 T = TypeVar("T")
 
 
-def avoid_failures_option(method: str, value: Any) -> bool:
-    """A method's `avoid_failures` option, checked: true or false, else ValueError (one line)."""
+def avoid_failures_option(method: str, value: Any, protocol: Any = None) -> bool:
+    """A method's `avoid_failures` option, checked: true or false, else ValueError (one line); null takes the
+    protocol's `avoid_failures` (jaxhpo's: true; the paper's: false), true without a protocol."""
+    if value is None:
+        return bool(getattr(protocol, "avoid_failures", True))
     if not isinstance(value, bool):
-        raise ValueError(f"{method}: avoid_failures must be true or false, got {value!r}")
+        raise ValueError(f"{method}: avoid_failures must be true, false or null, got {value!r}")
     return value
 
 

@@ -23,6 +23,10 @@ did, key by key, so one departure can be ablated at a time (`protocol=paper prot
     available_vram       (paper prompts only)                "~76GB", the line the study's prompts showed
     optuna_tpe           multivariate: Optuna 5's default    univariate: Optuna 4.8's default, which the study ran
                          TPESampler (method=optuna_tpe)      (its TPESampler(seed) took every default)
+    avoid_failures       true: random, tpe and evosax's      false: the study's samplers had no model of failure
+                         cmaes redraw what the failure
+                         model predicts to fail (their
+                         `avoid_failures` option, null)
 
 paper.yaml also sets `trial.gpu_memory_fraction: 0.543` (the study's cap: about 76 GB of an H200) and
 `llm.json_mode: none` (the study sent no response_format).
@@ -57,6 +61,7 @@ class ProtocolConfig:
     agent: str = "jaxhpo"
     available_vram: str = "~76GB"
     optuna_tpe: str = "multivariate"
+    avoid_failures: bool = True
 
 
 def _finite(value) -> bool:

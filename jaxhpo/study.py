@@ -37,7 +37,7 @@ from jaxhpo.footprints import FootprintCache, oom_message
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
-from jaxhpo.proposers import make_proposer, options_added, proposer_options
+from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
@@ -246,8 +246,8 @@ class Study:
         stored_options = options
         if "method_options" in stored:
             stored_options = {**options_added(self.method, self.cfg.protocol), **stored["method_options"]}
-        clash += [(f"method.options.{k}", stored_options.get(k), v) for k, v in options.items()
-                  if stored_options.get(k, v) != v]  # fmt: skip
+        ran, runs = (resolved_options(self.method, o, self.cfg.protocol) for o in (stored_options, options))
+        clash += [(f"method.options.{k}", ran.get(k), v) for k, v in runs.items() if ran.get(k, v) != v]
         protocol = dataclasses.asdict(self.cfg.protocol)
         if stored:  # a journal written before protocols existed ran jaxhpo's; a key added since did not apply
             stored_protocol = {**protocol, **stored["protocol"]} if "protocol" in stored else \

@@ -15,6 +15,7 @@ from jaxhpo.llm.client import Completion, LLMClient, LLMConfig, LLMError
 from jaxhpo.llm.prompt import REPLY_INSTRUCTION
 from jaxhpo.proposers import CentaurProposer, CMAESProposer, LLMProposer, make_proposer
 from jaxhpo.proposers.centaur import is_llm_turn
+from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 from tests.test_proposers import SPACE, objective, record
 
@@ -173,7 +174,8 @@ def test_llm_proposer_falls_back_to_the_random_draw():
 def test_llm_configurations_run_and_are_told_as_injected_solutions():
     far = SPACE.from_unit(np.ones(SPACE.dim))  # a corner, far from the default's mean
     llm = ScriptedLLM(json.dumps(far))
-    p = CentaurProposer(SPACE, seed=0, llm=llm, warmup=5, ratio=0.5)
+    # without the failure model, which would send the corner (an OOM here) back to the LLM: told as it ran
+    p = CentaurProposer(SPACE, seed=0, llm=llm, warmup=5, ratio=0.5, protocol=ProtocolConfig(avoid_failures=False))
     history, proposals = run(p, 60)  # 5 generations of 11
     asked = [prop for prop in proposals if "llm_turn" in prop.meta]
     assert len(asked) == len([t for t in range(1, 60) if is_llm_turn(t, 5, 0.5)]) == len(llm.prompts) == 28
@@ -190,7 +192,7 @@ def test_llm_configurations_run_and_are_told_as_injected_solutions():
     assert proposals[i + 1].meta["member"] == proposals[i].meta["member"]
     # CMA-ES was told all 60 trials and, despite a far corner told as every other trial, stays sane
     s = p.state_summary()
-    _, _ = run(base := CMAESProposer(SPACE, seed=0), 60)
+    _, _ = run(base := CMAESProposer(SPACE, seed=0, avoid_failures=False), 60)
     s0 = base.state_summary()
     assert s["generation"] == s0["generation"] == 5
     C, C0 = np.array(s["covariance"]), np.array(s0["covariance"])

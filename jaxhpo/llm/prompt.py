@@ -381,6 +381,16 @@ def _failures_summary(history: Sequence[TrialRecord]) -> str:
             + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ").")  # fmt: skip
 
 
+def predicted_to_fail_message(params: Mapping, p_fail: float, space: Space) -> str:
+    """The follow-up of a reply whose configuration the study's failure model predicts to fail (jaxhpo.feasibility):
+    say so, and ask for another."""
+    return (
+        f"The configuration you proposed, {fmt_config(params, space)}, is predicted to fail (p={p_fail:.2f}, by a "
+        "classifier of this study's trials that failed). Propose a different configuration, away from the failed "
+        f"ones: after an oom, a smaller model or batch. {REPLY_INSTRUCTION}"
+    )
+
+
 def _fit(build: Callable[[int], list[dict]], n_recent: int, max_tokens: int) -> list[dict]:
     """build(n) -> messages with the last n evaluations (and up to min(n, 5) earlier failures); the largest n
     whose prompt fits `max_tokens` estimated tokens (down to 1 if even that is over)."""

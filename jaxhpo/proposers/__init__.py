@@ -39,6 +39,13 @@ def options_added(name: str, protocol: ProtocolConfig | None = None) -> dict[str
     return dict(_lookup(name, protocol).options_added)
 
 
+def resolved_options(name: str, options: dict[str, Any], protocol: ProtocolConfig) -> dict[str, Any]:
+    """`options` with each null that the protocol decides (`Proposer.protocol_defaults`) replaced by the protocol's
+    value: what the proposer runs with, so that a resume under the same protocol compares like with like."""
+    defaults = _lookup(name, protocol).protocol_defaults
+    return {k: getattr(protocol, defaults[k]) if v is None and k in defaults else v for k, v in options.items()}
+
+
 def make_proposer(name: str, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None,
                   **options: Any) -> Proposer:  # fmt: skip
     """A fresh proposer for method `name` under `protocol` (None: jaxhpo's); ValueError (one line) for an unknown
@@ -67,5 +74,5 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 __all__ = [
     "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
     "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SobolProposer",
-    "TPEProposer", "make_proposer", "options_added", "penalized_values", "proposer_options",
+    "TPEProposer", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
 ]  # fmt: skip

@@ -42,6 +42,8 @@ class Proposer(ABC):
     # Options added since journals record a study's method options, each with the value that does what the
     # proposer did before it existed: a journal without the key ran with that value (checked on resume).
     options_added: dict[str, Any] = {}
+    # Options whose null means "as the protocol says", each with its protocol key (a resume compares what ran).
+    protocol_defaults: dict[str, str] = {}
     # The proposer's model of where trials fail (jaxhpo.feasibility.FailureModel), if it has one: the study lets it
     # read what the memory pre-flight already knows (jaxhpo.footprints).
     failure_model: Any = None

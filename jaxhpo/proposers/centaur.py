@@ -11,8 +11,10 @@ in unit coordinates), step size σ, covariance matrix labelled by parameter and 
 fail" when CMA-ES's failure model still predicts that after its redraws, see `CMAESProposer`), the top-5 trials,
 the last 20 evaluations with failure reasons, the best configuration, and guidance. If the reply parses, its
 configuration -- clamped to the bounds, missing parameters filled from CMA-ES's suggestion -- is proposed with
-proposer "llm". If the LLM is missing, fails, or replies without a usable JSON object, CMA-ES's suggestion is
-proposed with proposer "llm→fallback" and the reason is recorded (the study lost the trial instead, see below).
+proposer "llm"; when CMA-ES's failure model predicts that configuration fails, the LLM is told so and asked once
+more in the same conversation (`jaxhpo.proposers.llm.reask_if_predicted_to_fail`). If the LLM is missing, fails,
+or replies without a usable JSON object, CMA-ES's suggestion is proposed with proposer "llm→fallback" and the
+reason is recorded (the study lost the trial instead, see below).
 Every other trial runs CMA-ES's suggestion with proposer "cmaes".
 
 Telling. An LLM configuration is, to CMA-ES, an injected solution: it counts as one of the generation's
@@ -46,7 +48,8 @@ from jaxhpo.llm import paper
 from jaxhpo.llm.prompt import centaur_prompt
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.cmaes import CMAESProposer
-from jaxhpo.proposers.llm import FALLBACK, LLM_ERROR, llm_turn, paper_llm_turn, paper_rows, prompt_budget
+from jaxhpo.proposers.llm import (FALLBACK, LLM_ERROR, llm_turn, paper_llm_turn, paper_rows, prompt_budget,
+                                  reask_if_predicted_to_fail)
 from jaxhpo.proposers.optuna_samplers import OptunaCMAESProposer
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
@@ -116,10 +119,16 @@ class CentaurProposer(Proposer):
         state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
         messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm),
                                   pending=pending, suggestion_p_fail=suggestion.meta.get("p_fail"))  # fmt: skip
-        params, turn = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, "CMA-ES's suggestion")
+        label = "CMA-ES's suggestion"
+        first = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, label)
+        params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "centaur", messages, self.space, suggestion.params,
+                                                          label, self.failure_model, first)  # fmt: skip
         meta = dict(suggestion.meta, llm_turn=turn)
         if params is None:
             return Proposal(suggestion.params, FALLBACK, meta)
+        meta.pop("p_fail", None)  # the suggestion's; the LLM's configuration is judged below
+        if self.failure_model is not None:
+            meta.update(self.failure_model.meta(0, p_fail))
         meta["changed"] = [n for n in self.space.names if params[n] != suggestion.params[n]]
         return Proposal(params, "llm", meta)
 

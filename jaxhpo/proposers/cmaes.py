@@ -41,7 +41,7 @@ behind the worst success, i.e. among the worst members of its generation. evosax
 (recombination weights by rank, negative weights for the worst), so the mean moves away from a region that OOMs and
 the covariance shrinks towards it. Several failures in one generation tie with each other.
 
-Avoiding failures (`avoid_failures`; null: on). Before a member is handed out, the study's failure model
+Avoiding failures (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). Before a member is handed out, the study's failure model
 (jaxhpo.feasibility, fitted on the told trials) predicts whether it fails; if so the member is redrawn from the
 generation's N(m, sigma^2 C), up to MAX_DRAWS draws in all, and the first not predicted to fail is handed out
 (else the one least likely to fail); the meta's `rejected` counts the draws predicted to fail. This is resampling,
@@ -105,11 +105,12 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 class CMAESProposer(Proposer):
     name = "cmaes"
     options_added = {"avoid_failures": False}
+    protocol_defaults = {"avoid_failures": "avoid_failures"}
 
     def __init__(self, space: Space, seed: int, population_size: int | None = None, sigma0: float | None = None,
                  avoid_failures: bool | None = None, protocol: ProtocolConfig | None = None):  # fmt: skip
         super().__init__(space, seed, protocol)
-        avoid_failures = avoid_failures_option(self.name, True if avoid_failures is None else avoid_failures)
+        avoid_failures = avoid_failures_option(self.name, avoid_failures, self.protocol)
         self.failure_model = FailureModel(space, seed) if avoid_failures else None
         d = space.dim
         if population_size is None:

@@ -4,8 +4,17 @@
 The reply is parsed and repaired by `jaxhpo.llm.prompt.parse_reply` (missing parameters are filled from the best
 configuration so far). When there is no LLM, the call fails (unreachable server, timeout, HTTP error, empty reply
 after the client's retries) or the reply holds no usable JSON object, the trial falls back to a seeded uniform
-random draw -- what `random` would propose for that trial without avoid_failures -- tagged "llm→fallback", and the
-one-line reason is recorded. A study never stops because of its LLM.
+random draw -- what `random` would propose for that trial -- tagged "llm→fallback", and the one-line reason is
+recorded. A study never stops because of its LLM.
+
+Predicted to fail (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). The study's
+failure model (jaxhpo.feasibility, fitted on the told trials) judges the LLM's configuration; when it predicts a
+failure, the LLM is told so in the same conversation -- its reply, then "predicted to fail (p=...)" with what the
+classifier learned from -- and asked once more (`reask_if_predicted_to_fail`). The second configuration runs
+unless it is unusable or more likely to fail than the first; a configuration still predicted to fail carries
+`p_fail` in the meta. The conversation is one turn of the journal (prompt: every message, reply: the last,
+latency and tokens summed, a repair line saying it was asked again). Centaur does the same with its CMA-ES's
+failure model. The random fallback draws again while the model predicts failure, as `random` does.
 
 Every proposal carries `meta["llm_turn"]`, a plain dict the study stores in the journal's `llm_turns` table:
 kind, prompt (the chat messages as JSON text), reply (raw text or None), parsed (the configuration or None),
@@ -32,10 +41,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxhpo.feasibility import FailureModel, avoid_failures_option
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm import paper
 from jaxhpo.llm.client import LLMError, one_line
-from jaxhpo.llm.prompt import MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply
+from jaxhpo.llm.prompt import (MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply,
+                               predicted_to_fail_message)
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig
 from jaxhpo.space import Space
@@ -129,26 +140,77 @@ def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback:
     return params, turn
 
 
+def reask_if_predicted_to_fail(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
+                               fallback_label: str | None, model: FailureModel | None,
+                               first: tuple[dict | None, dict]) -> tuple[dict | None, dict, float]:  # fmt: skip
+    """`first` = llm_turn(llm, kind, messages, ...): when the fitted failure `model` predicts its configuration
+    fails, ask once more in the same conversation, saying so. (params or None, the turn record covering both
+    calls, p_fail of the params returned: 0 when not judged.) The second reply is kept unless it is unusable or
+    more likely to fail than the first."""
+    params, turn = first
+    if params is None or model is None or not model.knows_anything:
+        return params, turn, 0.0
+    p = float(model.p_fail([params])[0])
+    if p <= model.threshold:
+        return params, turn, p
+    follow = [*messages, {"role": "assistant", "content": turn["reply"]},
+              {"role": "user", "content": predicted_to_fail_message(params, p, space)}]  # fmt: skip
+    params2, turn2 = llm_turn(llm, kind, follow, space, fallback, fallback_label)
+    p2 = float(model.p_fail([params2])[0]) if params2 is not None else float("inf")
+    kept = params2 is not None and p2 <= p
+    why = turn2["fallback"] if params2 is None else f"p={p2:.2f}"
+    merged = dict(
+        turn2, latency_s=_sum(turn["latency_s"], turn2["latency_s"]), attempts=_sum(turn["attempts"], turn2["attempts"]),
+        prompt_tokens=_sum(turn["prompt_tokens"], turn2["prompt_tokens"]),
+        completion_tokens=_sum(turn["completion_tokens"], turn2["completion_tokens"]), fallback=None,
+        parsed=params2 if kept else params,
+        repairs=[*turn["repairs"], f"predicted to fail (p={p:.2f}): asked again",
+                 *(turn2["repairs"] if kept else [f"kept the first configuration: the second {why}"])],
+    )  # fmt: skip
+    return (params2, merged, p2) if kept else (params, merged, p)
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 class LLMProposer(Proposer):
     """An LLM proposes every trial; a seeded random draw when it cannot."""
 
     name = "llm"
     uses_llm = True
+    options_added = {"avoid_failures": False}
+    protocol_defaults = {"avoid_failures": "avoid_failures"}
 
-    def __init__(self, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None):
+    def __init__(self, space: Space, seed: int, llm: Any = None, avoid_failures: bool | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
         super().__init__(space, seed, protocol)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
+        if avoid_failures and self.protocol.agent == "paper":
+            raise ValueError("llm: avoid_failures needs protocol.agent=jaxhpo (the study's agent had no model of "
+                             "failure); set it to null or false")
+        on = avoid_failures_option(self.name, avoid_failures, self.protocol) and self.protocol.agent == "jaxhpo"
+        self.failure_model = FailureModel(space, seed) if on else None
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         if self.protocol.agent == "paper":
             return self._ask_paper(history, pending)
+        if self.failure_model is not None:
+            self.failure_model.fit(history)
         best = best_trial(history)
         messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm))
         fallback, label = (best.params, "the best configuration") if best else (None, None)
-        params, turn = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
+        first = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
+        params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "llm", messages, self.space, fallback, label,
+                                                          self.failure_model, first)  # fmt: skip
         if params is not None:
-            return Proposal(params, self.name, {"llm_turn": turn})
-        return Proposal(self._random(history, pending), FALLBACK, {"llm_turn": turn})
+            judged = self.failure_model.meta(0, p_fail) if self.failure_model is not None else {}
+            return Proposal(params, self.name, {"llm_turn": turn, **judged})
+        if self.failure_model is None:
+            return Proposal(self._random(history, pending), FALLBACK, {"llm_turn": turn})
+        rng = np.random.default_rng([self.seed, trial_index(history, pending)])  # as _random: the same first draw
+        params, rejected, p_fail = self.failure_model.pick(lambda _: self.space.sample(rng))
+        return Proposal(params, FALLBACK, {"llm_turn": turn, **self.failure_model.meta(rejected, p_fail)})
 
     def _ask_paper(self, history: Sequence[TrialRecord], pending: Sequence[Mapping]) -> Proposal:
         prompt = paper.agent_prompt(self.space, paper_rows(history), self.protocol.available_vram)

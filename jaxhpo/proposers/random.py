@@ -20,10 +20,12 @@ from jaxhpo.space import Space
 class RandomProposer(Proposer):
     name = "random"
     options_added = {"avoid_failures": False}
+    protocol_defaults = {"avoid_failures": "avoid_failures"}
 
-    def __init__(self, space: Space, seed: int, avoid_failures: bool = True, protocol: ProtocolConfig | None = None):
+    def __init__(self, space: Space, seed: int, avoid_failures: bool | None = None,
+                 protocol: ProtocolConfig | None = None):  # fmt: skip
         super().__init__(space, seed, protocol)
-        self.avoid_failures = avoid_failures_option(self.name, avoid_failures)
+        self.avoid_failures = avoid_failures_option(self.name, avoid_failures, self.protocol)
         self.failure_model = FailureModel(space, seed) if self.avoid_failures else None
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:

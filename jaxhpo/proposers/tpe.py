@@ -45,7 +45,8 @@ without a made-up magnitude: proposals drift away from its neighbourhood, but on
 trial -- TPE has no separate model of where trials fail. Before any trial has succeeded all losses tie and the split
 is arbitrary (deterministic, so replay still matches).
 
-Avoiding failures (`avoid_failures`, on by default). That is how TPE came to pair a large DEVICE_BATCH_SIZE, good
+Avoiding failures (`avoid_failures`; null, the default: protocol.avoid_failures, on under jaxhpo's protocol and
+off under the paper's). That is how TPE came to pair a large DEVICE_BATCH_SIZE, good
 in its best small-model trials, with large models that OOM. With the option, the study's failure model
 (jaxhpo.feasibility, fitted on the history) filters the proposal: if it predicts hyperopt's proposal fails, TPE
 proposes again with the trial's next seed, (seed, trial number, j) for j = 1, 2, ..., up to MAX_DRAWS proposals in
@@ -79,6 +80,7 @@ SPLITS = ("sqrt", "linear")
 class TPEProposer(Proposer):
     name = "tpe"
     options_added = {"avoid_failures": False}
+    protocol_defaults = {"avoid_failures": "avoid_failures"}
 
     def __init__(
         self,
@@ -89,11 +91,12 @@ class TPEProposer(Proposer):
         n_ei_candidates: int = tpe._default_n_EI_candidates,
         prior_weight: float = tpe._default_prior_weight,
         split: str = "linear",
-        avoid_failures: bool = True,
+        avoid_failures: bool | None = None,
         protocol: ProtocolConfig | None = None,
     ):
         super().__init__(space, seed, protocol)
-        self.failure_model = FailureModel(space, seed) if avoid_failures_option(self.name, avoid_failures) else None
+        avoid_failures = avoid_failures_option(self.name, avoid_failures, self.protocol)
+        self.failure_model = FailureModel(space, seed) if avoid_failures else None
         if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int) or n_startup_trials < 0:
             raise ValueError(f"tpe: n_startup_trials must be an integer >= 0, got {n_startup_trials!r}")
         if not 0 < gamma < 1:
