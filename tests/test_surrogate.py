@@ -59,6 +59,11 @@ def test_a_surrogate_study_is_a_study_and_answers_the_same_configuration_and_see
     proc = surrogate_study(tmp_path / "a", "study.max_trials=31", "surrogate.noise_std=0.05",
                            "method.options.avoid_failures=false")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # one that recorded the option's value before null (the protocol's) became the default resumes under null
+    with Journal(tmp_path / "a/journal.sqlite") as journal:
+        journal.set_study_info({"method_options": {**options, "avoid_failures": True}})
+    proc = surrogate_study(tmp_path / "a", "study.max_trials=32", "surrogate.noise_std=0.05")
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_the_fitted_models_reproduce_the_data_they_were_fitted_on():
