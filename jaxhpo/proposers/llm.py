@@ -9,8 +9,8 @@ recorded. A study never stops because of its LLM.
 
 Predicted to fail (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). The study's
 failure model (jaxhpo.feasibility, fitted on the told trials) judges the LLM's configuration; when it predicts a
-failure, the LLM is told so in the same conversation -- its reply, then "predicted to fail (p=...)" with what the
-classifier learned from -- and asked once more (`reask_if_predicted_to_fail`). The second configuration runs
+failure, the LLM is told so in the same conversation -- its reply, then "The configuration you proposed, {...},
+is predicted to fail (p=...)" (`jaxhpo.llm.prompt.predicted_to_fail_message`) -- and asked once more (`reask_if_predicted_to_fail`). The second configuration runs
 unless it is unusable or more likely to fail than the first; a configuration still predicted to fail carries
 `p_fail` in the meta. The conversation is one turn of the journal (prompt: every message, reply: the last,
 latency and tokens summed, a repair line saying it was asked again). Centaur does the same with its CMA-ES's
@@ -186,11 +186,11 @@ class LLMProposer(Proposer):
                  protocol: ProtocolConfig | None = None):  # fmt: skip
         super().__init__(space, seed, protocol)
         self.llm = llm  # an LLMClient (jaxhpo.llm.client) or None; a study may set it after construction
+        on = avoid_failures_option(self.name, avoid_failures, self.protocol)
         if avoid_failures and self.protocol.agent == "paper":
             raise ValueError("llm: avoid_failures needs protocol.agent=jaxhpo (the study's agent had no model of "
                              "failure); set it to null or false")
-        on = avoid_failures_option(self.name, avoid_failures, self.protocol) and self.protocol.agent == "jaxhpo"
-        self.failure_model = FailureModel(space, seed) if on else None
+        self.failure_model = FailureModel(space, seed) if on and self.protocol.agent == "jaxhpo" else None
 
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         if self.protocol.agent == "paper":
