@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,10 +143,13 @@ def test_config_checks_and_hydra_group():
 @needs_llm
 def test_local_server_lifecycle(tmp_path):
     log = tmp_path / "server.log"
-    server = LocalServer(n_ctx=1024, log_path=log).start()
+    server = LocalServer(n_ctx=1024, n_threads=1, log_path=log).start()
     try:
         port, pid = server.port, server.pid
         assert server.running and accepts(port) and server.startup_seconds > 0
+        # n_threads bounds reading the prompt too (llama_cpp.server would have refused an unknown flag)
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert args[args.index(b"--n_threads_batch") + 1] == b"1" and args[args.index(b"--n_threads") + 1] == b"1"
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
     finally:
         server.stop()

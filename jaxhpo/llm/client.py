@@ -81,7 +81,7 @@ class LLMConfig:
     json_mode: str = "schema"  # "schema" | "object" | "none" (see the module docstring)
     schema_style: Optional[str] = None  # "llama_cpp" | "openai"; None: llama_cpp for local, openai for openai
     n_ctx: int = 8192  # local server context
-    n_threads: Optional[int] = None  # local server threads (None: llama.cpp's default)
+    n_threads: Optional[int] = None  # local server threads, generating and reading the prompt (None: llama.cpp's defaults)
     startup_timeout_s: float = 120.0  # local server: how long to wait for it to answer
 
 

@@ -150,7 +150,8 @@ class LocalServer:
         """The server's command line (through the watchdog launcher)."""
         args = ["--model", str(self.model_path), "--host", self.host, "--port", str(port), "--n_ctx", str(self.n_ctx)]
         if self.n_threads is not None:
-            args += ["--n_threads", str(self.n_threads)]
+            # reading the prompt too: its default is every core, which two servers at once would oversubscribe
+            args += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
         if self.model_alias:
             args += ["--model_alias", self.model_alias]
         return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args, *self.extra_args]
