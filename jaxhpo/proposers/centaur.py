@@ -48,7 +48,7 @@ from jaxhpo.llm import paper
 from jaxhpo.llm.prompt import centaur_prompt
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.cmaes import CMAESProposer
-from jaxhpo.proposers.llm import (FALLBACK, LLM_ERROR, llm_turn, paper_llm_turn, paper_rows, prompt_budget,
+from jaxhpo.proposers.llm import (FALLBACK, LLM_ERROR, paper_llm_turn, paper_rows, prompt_budget,
                                   reask_if_predicted_to_fail)
 from jaxhpo.proposers.optuna_samplers import OptunaCMAESProposer
 from jaxhpo.protocol import ProtocolConfig
@@ -119,10 +119,8 @@ class CentaurProposer(Proposer):
         state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
         messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm),
                                   pending=pending, suggestion_p_fail=suggestion.meta.get("p_fail"))  # fmt: skip
-        label = "CMA-ES's suggestion"
-        first = llm_turn(self.llm, "centaur", messages, self.space, suggestion.params, label)
         params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "centaur", messages, self.space, suggestion.params,
-                                                          label, self.failure_model, first)  # fmt: skip
+                                                          "CMA-ES's suggestion", self.failure_model)  # fmt: skip
         meta = dict(suggestion.meta, llm_turn=turn)
         if params is None:
             return Proposal(suggestion.params, FALLBACK, meta)

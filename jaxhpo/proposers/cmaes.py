@@ -41,8 +41,8 @@ behind the worst success, i.e. among the worst members of its generation. evosax
 (recombination weights by rank, negative weights for the worst), so the mean moves away from a region that OOMs and
 the covariance shrinks towards it. Several failures in one generation tie with each other.
 
-Avoiding failures (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). Before a member is handed out, the study's failure model
-(jaxhpo.feasibility, fitted on the told trials) predicts whether it fails; if so the member is redrawn from the
+Avoiding failures (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). Before a member
+is handed out, the study's failure model (jaxhpo.feasibility, fitted on the told trials) predicts whether it fails; if so the member is redrawn from the
 generation's N(m, sigma^2 C), up to MAX_DRAWS draws in all, and the first not predicted to fail is handed out
 (else the one least likely to fail); the meta's `rejected` counts the draws predicted to fail. This is resampling,
 the usual constraint handling of CMA-ES: the generation becomes a sample of the distribution where the model

@@ -10,8 +10,8 @@ recorded. A study never stops because of its LLM.
 Predicted to fail (`avoid_failures`; null: protocol.avoid_failures, on under jaxhpo's protocol). The study's
 failure model (jaxhpo.feasibility, fitted on the told trials) judges the LLM's configuration; when it predicts a
 failure, the LLM is told so in the same conversation -- its reply, then "The configuration you proposed, {...},
-is predicted to fail (p=...)" (`jaxhpo.llm.prompt.predicted_to_fail_message`) -- and asked once more (`reask_if_predicted_to_fail`). The second configuration runs
-unless it is unusable or more likely to fail than the first; a configuration still predicted to fail carries
+is predicted to fail (p=...)" (`jaxhpo.llm.prompt.predicted_to_fail_message`) -- and asked once more
+(`reask_if_predicted_to_fail`). The second configuration runs unless it is unusable or more likely to fail than the first; a configuration still predicted to fail carries
 `p_fail` in the meta. The conversation is one turn of the journal (prompt: every message, reply: the last,
 latency and tokens summed, a repair line saying it was asked again). Centaur does the same with its CMA-ES's
 failure model. The random fallback draws again while the model predicts failure, as `random` does.
@@ -141,14 +141,13 @@ def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback:
 
 
 def reask_if_predicted_to_fail(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
-                               fallback_label: str | None, model: FailureModel | None,
-                               first: tuple[dict | None, dict]) -> tuple[dict | None, dict, float]:  # fmt: skip
-    """`first` = llm_turn(llm, kind, messages, ...): when the fitted failure `model` predicts its configuration
-    fails, ask once more in the same conversation, saying so. (params or None, the turn record covering both
-    calls, p_fail of the params returned: 0 when not judged.) The second reply is kept unless it is unusable or
-    more likely to fail than the first."""
-    params, turn = first
-    if params is None or model is None or not model.knows_anything:
+                               fallback_label: str | None,
+                               model: FailureModel | None) -> tuple[dict | None, dict, float]:  # fmt: skip
+    """`llm_turn`, and when the fitted failure `model` predicts the reply's configuration fails, once more in the
+    same conversation, saying so: (params or None, the turn record covering both calls, p_fail of the params
+    returned: 0 when not judged). The second reply is kept unless it is unusable or more likely to fail."""
+    params, turn = llm_turn(llm, kind, messages, space, fallback, fallback_label)
+    if params is None or model is None:
         return params, turn, 0.0
     p = float(model.p_fail([params])[0])
     if p <= model.threshold:
@@ -200,9 +199,8 @@ class LLMProposer(Proposer):
         best = best_trial(history)
         messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm))
         fallback, label = (best.params, "the best configuration") if best else (None, None)
-        first = llm_turn(self.llm, "llm", messages, self.space, fallback, label)
         params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "llm", messages, self.space, fallback, label,
-                                                          self.failure_model, first)  # fmt: skip
+                                                          self.failure_model)  # fmt: skip
         if params is not None:
             judged = self.failure_model.meta(0, p_fail) if self.failure_model is not None else {}
             return Proposal(params, self.name, {"llm_turn": turn, **judged})
