@@ -150,6 +150,7 @@ def test_local_server_lifecycle(tmp_path):
         # n_threads bounds reading the prompt too (llama_cpp.server would have refused an unknown flag)
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert args[args.index(b"--n_threads_batch") + 1] == b"1" and args[args.index(b"--n_threads") + 1] == b"1"
+        assert args[args.index(b"--flash_attn") + 1] == b"true"
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
     finally:
         server.stop()

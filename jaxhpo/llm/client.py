@@ -82,6 +82,7 @@ class LLMConfig:
     schema_style: Optional[str] = None  # "llama_cpp" | "openai"; None: llama_cpp for local, openai for openai
     n_ctx: int = 8192  # local server context
     n_threads: Optional[int] = None  # local server threads, generating and reading the prompt (None: llama.cpp's defaults)
+    flash_attn: bool = True  # local server: llama.cpp's flash attention (reads a 5k-token prompt ~1.5x faster on a CPU)
     startup_timeout_s: float = 120.0  # local server: how long to wait for it to answer
 
 

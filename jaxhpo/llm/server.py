@@ -107,6 +107,7 @@ class LocalServer:
         *,
         n_ctx: int = 8192,
         n_threads: Optional[int] = None,
+        flash_attn: bool = True,
         model_alias: Optional[str] = None,
         log_path: str | os.PathLike | None = None,
         host: str = "127.0.0.1",
@@ -117,6 +118,7 @@ class LocalServer:
         self.model_path = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.flash_attn = flash_attn
         self.model_alias = model_alias  # the name the server reports as "model" (default: the file path)
         self.host = host
         self.startup_timeout_s = startup_timeout_s
@@ -148,7 +150,8 @@ class LocalServer:
 
     def command(self, port: int) -> list[str]:
         """The server's command line (through the watchdog launcher)."""
-        args = ["--model", str(self.model_path), "--host", self.host, "--port", str(port), "--n_ctx", str(self.n_ctx)]
+        args = ["--model", str(self.model_path), "--host", self.host, "--port", str(port), "--n_ctx", str(self.n_ctx),
+                "--flash_attn", "true" if self.flash_attn else "false"]
         if self.n_threads is not None:
             # reading the prompt too: its default is every core, which two servers at once would oversubscribe
             args += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
@@ -268,6 +271,7 @@ def llm_session(cfg: LLMConfig | Any, log_path: str | os.PathLike | None = None)
             smollm2_path(),
             n_ctx=cfg.n_ctx,
             n_threads=cfg.n_threads,
+            flash_attn=cfg.flash_attn,
             model_alias=cfg.model,
             log_path=log_path,
             startup_timeout_s=cfg.startup_timeout_s,
