@@ -27,6 +27,8 @@ did, key by key, so one departure can be ablated at a time (`protocol=paper prot
                          cmaes redraw what the failure
                          model predicts to fail (their
                          `avoid_failures` option, null)
+    smac_deterministic   true: method=smac runs each         false: SMAC's default; its intensifier runs a
+                         configuration once                  configuration up to 3 times (same training seed)
 
 paper.yaml also sets `trial.gpu_memory_fraction: 0.543` (the study's cap: about 76 GB of an H200) and
 `llm.json_mode: none` (the study sent no response_format).
@@ -62,6 +64,7 @@ class ProtocolConfig:
     available_vram: str = "~76GB"
     optuna_tpe: str = "multivariate"
     avoid_failures: bool = True
+    smac_deterministic: bool = True
 
 
 def _finite(value) -> bool:

@@ -142,6 +142,7 @@ class Study:
         """Run (or resume) to the end; returns the summary also written to summary.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_trials_are_journaled()
+        self.proposer.workdir = self.run_dir / f"{self.method}_output"  # where a library's own files go (SMAC's)
         with (
             self._pool() as pool,
             Journal(self.run_dir / JOURNAL_FILE) as journal,

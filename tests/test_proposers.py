@@ -8,7 +8,8 @@ The LLM methods run here offline: their client points at a closed loopback port,
 turns proper are tested in test_centaur.py.
 
 Methods run under protocol=paper too ("cmaes/paper": Optuna's CMA-ES; "centaur/paper" and "llm/paper": the study's
-Centaur and agent, whose unreachable LLM loses every LLM turn as a trial that never runs)."""
+Centaur and agent, whose unreachable LLM loses every LLM turn as a trial that never runs; "smac/paper": SMAC as the
+study ran it, whose intensifier runs some configurations again)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from jaxhpo.space import Space
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = ProtocolConfig(**OmegaConf.to_container(OmegaConf.load(REPO / "hydra_configs/protocol/paper.yaml"))["protocol"])
-NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper"]  # method/protocol
-# Offline, llm is random search, and the study's Centaur loses every trial from its first LLM turn (12) on.
-LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper")]
+NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper", "smac/paper"]  # method/protocol
+# Offline, llm is random search, and the study's Centaur loses every trial from its first LLM turn (12) on. (The
+# study's SMAC learns as smac does, with a few repeats: three more minutes of the suite to show it again.)
+LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper", "smac/paper")]
 # The proposer tags each method may hand out when its LLM is unreachable (only "default" besides, for trial 0).
 TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}, "cmaes/paper": {"cmaes"},
-        "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}}
+        "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}, "smac/paper": {"smac"}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,7 +153,8 @@ def test_proposals_are_valid_and_tagged(name):
         json.dumps(prop.params)
         json.dumps(prop.meta)
         assert all(type(v) in (int, float, str) for v in prop.params.values())
-    assert len({json.dumps(p.params, sort_keys=True) for p in proposals}) > 25  # not stuck on one point
+    repeats = 6 if name == "smac/paper" else 3  # the study's SMAC runs some configurations again, by design
+    assert len({json.dumps(p.params, sort_keys=True) for p in proposals}) >= 29 - repeats  # not stuck on one point
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -252,10 +255,15 @@ def test_learns_faster_than_random(name):
     # Optuna-style split), cmaes 0.84 ± 0.15 (40 seeds each, on two CPUs for cmaes). A mean of 4 seeds missed 0.85 × random's about one run in five; 24 seeds
     # against 0.9 × random miss about one in 5,000, and a learner no better than random (~1.04) still fails.
     # (A CMA-ES that never updates its distribution: best 1.40.)
-    best, failed = learning_curve(name, 24)
+    # SMAC (0.3 s an ask after its 25 Sobol points) gets 8 seeds and a bar at random's own mean: 0.82 ± 0.20 per seed
+    # over 12 seeds, so its mean of 8 misses 1.04 about one run in 1,000; 24 would add three minutes to the suite.
+    seeds, bar = (8, 1.0) if name == "smac" else (24, 0.9)
+    best, failed = learning_curve(name, seeds)
     random_best, random_failed = learning_curve("random", 16)
+    if name == "smac":  # no failure model (avoid_failures): it must learn where trials fail from their told costs
+        random_failed = learning_curve("random/paper", 16)[1]
     print(f"{name}: best {best:.3f} vs random {random_best:.3f}; failures {failed:.3f} vs random {random_failed:.3f}")
-    assert best < 0.9 * random_best, f"{name} best {best:.3f} is not clearly below random's {random_best:.3f}"
+    assert best < bar * random_best, f"{name} best {best:.3f} is not clearly below random's {random_best:.3f}"
     assert failed < random_failed, f"{name} fails {failed:.3f} of its late trials, random {random_failed:.3f}"
 
 
@@ -265,7 +273,7 @@ def test_learns_faster_than_random(name):
 def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
-    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes"
+    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes, smac"
     for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)

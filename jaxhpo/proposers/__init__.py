@@ -11,6 +11,7 @@ from jaxhpo.proposers.cmaes import CMAESProposer
 from jaxhpo.proposers.llm import LLMProposer
 from jaxhpo.proposers.optuna_samplers import OptunaCMAESMethod, OptunaCMAESProposer, OptunaTPEProposer
 from jaxhpo.proposers.random import RandomProposer
+from jaxhpo.proposers.smac3 import SMACProposer
 from jaxhpo.proposers.sobol import SobolProposer
 from jaxhpo.proposers.tpe import TPEProposer
 from jaxhpo.protocol import ProtocolConfig
@@ -19,7 +20,7 @@ from jaxhpo.space import Space
 PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
     "centaur": CentaurProposer, "sobol": SobolProposer, "optuna_tpe": OptunaTPEProposer,
-    "optuna_cmaes": OptunaCMAESMethod,
+    "optuna_cmaes": OptunaCMAESMethod, "smac": SMACProposer,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -73,6 +74,6 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 __all__ = [
     "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
-    "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SobolProposer",
+    "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SMACProposer", "SobolProposer",
     "TPEProposer", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
 ]  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -47,6 +48,9 @@ class Proposer(ABC):
     # The proposer's model of where trials fail (jaxhpo.feasibility.FailureModel), if it has one: the study lets it
     # read what the memory pre-flight already knows (jaxhpo.footprints).
     failure_model: Any = None
+    # A folder of the proposer's own inside the run folder, for a library that writes files (SMAC): the study sets
+    # it before the first tell; None outside a study.
+    workdir: Path | None = None
 
     def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         self.space, self.seed = space, seed
@@ -64,6 +68,16 @@ class Proposer(ABC):
 def trial_index(history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> int:
     """The number of the trial being asked for: every finished and every running trial came before it."""
     return len(history) + len(pending)
+
+
+def told_value(trial: TrialRecord, ok: Sequence[float], failure_value: float | None = None) -> float:
+    """The value a proposer that models values is told for `trial`: its val_bpb; for a failure
+    `failure_value` (protocol.failure_value), or when null just behind the worst of the successes `ok` so far."""
+    if not trial.failed:
+        return trial.val_bpb
+    if failure_value is not None:
+        return float(failure_value)
+    return (max(ok) if ok else 0.0) + 1.0
 
 
 def penalized_values(trials: Sequence[TrialRecord], failure_value: float | None = None) -> np.ndarray:

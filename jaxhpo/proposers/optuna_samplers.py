@@ -36,7 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm.paper import snap_pow2
-from jaxhpo.proposers.base import Proposal, Proposer
+from jaxhpo.proposers.base import Proposal, Proposer, told_value
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Param, Space, plain
 
@@ -92,7 +92,7 @@ class OptunaProposer(Proposer):
                 if live.params.get(name) != value:  # what ran is what the sampler learns from (Centaur's LLM turn)
                     self.study._storage.set_trial_param(live._trial_id, name, self._internal(name, value),
                                                         self._distributions[name])  # fmt: skip
-            self.study.tell(live, self._told_value(trial))
+            self.study.tell(live, told_value(trial, self._ok, self.protocol.failure_value))
         if not trial.failed:
             self._ok.append(trial.val_bpb)
 
@@ -108,13 +108,6 @@ class OptunaProposer(Proposer):
 
     def _internal(self, name: str, value: Any) -> Any:
         return self._distributions[name].to_internal_repr(value)
-
-    def _told_value(self, trial: TrialRecord) -> float:
-        if not trial.failed:
-            return trial.val_bpb
-        if self.protocol.failure_value is not None:
-            return float(self.protocol.failure_value)
-        return (max(self._ok) if self._ok else 0.0) + 1.0
 
 
 def _check_int(method: str, name: str, value: Any, low: int, nullable: bool = False) -> None:

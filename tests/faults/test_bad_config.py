@@ -61,6 +61,7 @@ EXEMPT = {
     "protocol.name": "a label for the set of rules: every rule is its own checked key",
     "protocol.available_vram": "free text the paper prompts show the LLM",
     "protocol.avoid_failures": "a bool: its type is its range",
+    "protocol.smac_deterministic": "a bool: its type is its range",
     "llm.flash_attn": "a bool: its type is its range",
     "surrogate.table": "a path: whether it holds a table is the surrogate's check, made only under trainer=surrogate",
     "surrogate.journals": "paths: whether they hold journals is the surrogate's check, made only under trainer=surrogate",
