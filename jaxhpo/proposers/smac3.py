@@ -115,9 +115,14 @@ class SMACProposer(Proposer):
         from smac.runhistory.enumerations import StatusType
 
         raw = trial.meta.get("smac_params")
-        if raw is None:  # not SMAC's: told as a trial of its own
+        if raw is None:  # not SMAC's (or its meta was lost): a running ask of the same configuration, else its own
             values = self.space.clamp(trial.params)[0]
-            info = TrialInfo(self._cs.Configuration(self.configspace, values=values), seed=0)
+            number = next((k for k, live in self._live.items() if self._params(live) == values), None)
+            if number is not None:
+                info = self._live.pop(number)
+                self._held = [(k, held) for k, held in self._held if k != number]
+            else:
+                info = TrialInfo(self._cs.Configuration(self.configspace, values=values), seed=0)
         else:
             info = self._live.pop(trial.meta.get("smac_ask"), None)
             if info is None:  # replay: the same draw, asked again
