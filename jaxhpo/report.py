@@ -159,12 +159,15 @@ class StudyRun:
     budget_charge: str = "wall"  # protocol.budget_charge: what the budget charged each trial
     space: dict = field(default_factory=dict)  # the space definition (name -> spec), {} where not recorded
     protocol: str = "jaxhpo"  # protocol.name the study ran by
+    warmstart: int = 0  # method.options.warmstart: configurations from one LLM call run first
 
     @property
     def label(self) -> str:
-        """What the report calls the study's method: its name, and its protocol where that is not jaxhpo's, so that
-        `protocol=paper` studies are a row of their own beside jaxhpo's."""
-        return self.method if self.protocol == "jaxhpo" else f"{self.method} ({self.protocol})"
+        """What the report calls the study's method: its name, with its protocol where that is not jaxhpo's and its
+        warm start where it had one, so that `protocol=paper` or warm-started studies are rows of their own."""
+        parts = ([self.protocol] if self.protocol != "jaxhpo" else []) + (
+            [f"warmstart={self.warmstart}"] if self.warmstart else [])  # fmt: skip
+        return f"{self.method} ({', '.join(parts)})" if parts else self.method
 
     @property
     def best(self) -> TrialRecord | None:
@@ -211,6 +214,7 @@ def load_study(journal_path: Path) -> StudyRun:
         budget_charge=(info.get("protocol") or {}).get("budget_charge", "wall"),
         space=info.get("space") or {},
         protocol=(info.get("protocol") or {}).get("name", "jaxhpo"),
+        warmstart=int((info.get("method_options") or {}).get("warmstart") or 0),
     )
 
 

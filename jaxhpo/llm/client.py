@@ -290,12 +290,12 @@ class LLMClient:
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": False}}
 
-    def _payload(self, messages: list[dict], schema: dict | None) -> dict:
+    def _payload(self, messages: list[dict], schema: dict | None, max_tokens: int | None = None) -> dict:
         body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": list(messages),
             "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
+            "max_tokens": max_tokens or self.cfg.max_tokens,
         }
         fmt = self.response_format(schema)
         if fmt is not None:
@@ -317,16 +317,17 @@ class LLMClient:
 
     # -- the calls --------------------------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], schema: dict | None = None) -> Completion:
+    def chat(self, messages: list[dict], schema: dict | None = None, max_tokens: int | None = None) -> Completion:
         """Send `messages` and return the reply (API key scrubbed from its text); LLMError (one line) once every
-        attempt has failed, or at once for a failure no retry fixes (HTTP 4xx but 408/409/425/429)."""
+        attempt has failed, or at once for a failure no retry fixes (HTTP 4xx but 408/409/425/429). `max_tokens`
+        replaces llm.max_tokens for a reply that must be longer (several configurations)."""
         key = self._api_key()
         headers = self._headers(key, **{"Content-Type": "application/json"})
         url = f"{self.base_url}/chat/completions"
         total, last = self.cfg.retries + 1, "no attempt made"
         for attempt in range(1, total + 1):
             try:
-                done = self._attempt(url, headers, messages, schema, attempt)
+                done = self._attempt(url, headers, messages, schema, attempt, max_tokens)
             except _Fatal as e:
                 raise LLMError(self._message(f"LLM request to {url} failed: {e}")) from None
             except _Retryable as e:
@@ -347,8 +348,9 @@ class LLMClient:
             return done
         raise LLMError(self._message(f"LLM request to {url} failed after {total} attempt(s): {last}"))
 
-    def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | None, attempts: int):
-        body = self._payload(messages, schema)
+    def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | None, attempts: int,
+                 max_tokens: int | None = None):  # fmt: skip
+        body = self._payload(messages, schema, max_tokens)
         limit = self.cfg.timeout_s
         deadline = time.monotonic() + limit
         t0 = time.perf_counter()

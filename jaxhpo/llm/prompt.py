@@ -192,6 +192,14 @@ def parse_reply(text: str, space: Space, fallback: Mapping | None = None,
     none of the space's parameters.
     """
     obj, repairs = extract_object(text)
+    params, more = config_from_object(obj, space, fallback, fallback_label)
+    return params, repairs + more
+
+
+def config_from_object(obj: dict, space: Space, fallback: Mapping | None = None,
+                       fallback_label: str | None = None) -> tuple[dict, list[str]]:  # fmt: skip
+    """A valid configuration from one JSON object of a reply, and one note per repair (`parse_reply`'s rules)."""
+    repairs: list[str] = []
     if fallback is not None:
         fb, _ = space.clamp(fallback)
         label = fallback_label or "the fallback configuration"
@@ -262,6 +270,62 @@ def parse_reply(text: str, space: Space, fallback: Mapping | None = None,
         out[p.name] = value
     space.check(out)
     return out, repairs
+
+
+def parse_configs(text: str, space: Space, k: int) -> tuple[list[dict], list[str]]:
+    """Up to `k` valid configurations from a reply that lists several (a JSON array of objects, or an object holding
+    one, such as {"configurations": [...]}), each read by `config_from_object` with the default as fallback, and
+    one note per repair ("configuration 2: ..."). A reply cut short keeps its complete objects; an object that
+    names no parameter is dropped with a note. ReplyError (one line) when no configuration is usable."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyError("empty reply")
+    objects = _listed_objects(text.strip())
+    configs: list[dict] = []
+    repairs: list[str] = []
+    for i, obj in enumerate(objects, start=1):
+        if len(configs) == k:
+            repairs.append(f"ignored {len(objects) - i + 1} configuration(s) beyond the {k} asked for")
+            break
+        try:
+            params, notes = config_from_object(obj, space)
+        except ReplyError as e:
+            repairs.append(f"configuration {i} dropped: {e}")
+            continue
+        configs.append(params)
+        repairs += [f"configuration {i}: {note}" for note in notes]
+    if not configs:
+        raise ReplyError(f"no usable configuration in the reply: {_short(text)!r}")
+    return configs, repairs
+
+
+def _listed_objects(t: str) -> list[dict]:
+    """The JSON objects a reply lists; when its JSON does not decode (cut short at max_tokens), every complete
+    top-level object in it."""
+    value, found = None, False
+    for c in [t] + [m.group(1).strip() for m in _FENCE.finditer(t)]:
+        try:
+            value, found = json.loads(c), True
+            break
+        except ValueError:
+            continue
+    if not found:
+        value, found = _first_json_value(t, "[")
+    if found and isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list) and any(isinstance(x, dict) for x in v)]
+        value = lists[0] if lists else [value]
+    if found and isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    objects, decoder, i = [], json.JSONDecoder(), t.find("{")
+    while i != -1:
+        try:
+            value, end = decoder.raw_decode(t, i)
+        except ValueError:
+            i = t.find("{", i + 1)
+            continue
+        if isinstance(value, dict):
+            objects.append(value)
+        i = t.find("{", end)
+    return objects
 
 
 # -- formatting ------------------------------------------------------------------------------------------------------
@@ -469,6 +533,44 @@ def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord |
         ])  # fmt: skip
 
     return _fit(build, n_recent, max_tokens)
+
+
+# -- warm start (method.options.warmstart) ------------------------------------------------------------------------------
+
+
+def warmstart_schema(space: Space, k: int) -> dict:
+    """The JSON schema of a warm-start reply: {"configurations": [k configurations]}."""
+    items = {"type": "array", "items": json_schema(space), "minItems": k, "maxItems": k}
+    return {"type": "object", "properties": {"configurations": items}, "required": ["configurations"],
+            "additionalProperties": False}  # fmt: skip
+
+
+def warmstart_prompt(space: Space, k: int, history: Sequence[TrialRecord] = ()) -> list[dict]:
+    """The chat messages of a warm start: `k` diverse configurations to run first (a conservative one, an
+    aggressive one, creative ones), given the space and the trials so far (usually just the default's)."""
+    strategies = [
+        "1. Conservative: settings you know train small GPTs reliably, close to the default.",
+        "2. Aggressive: a larger model or higher learning rates, as far as you expect it still trains well.",
+    ][:k]
+    if k > 2:
+        strategies.append(f"{'3' if k == 3 else f'3 to {k}'}. Creative: each explores a different trade-off "
+                          "(model size against training steps, batch size, learning rates, the schedule).")
+    done = _section("Evaluated so far", _recent(history, space, RECENT, 5)) if history else ""
+    user = "\n\n".join(x for x in [
+        _GOAL,
+        _section("Search space", describe_space(space)),
+        _section(f"Propose {k} different configurations to evaluate first", "\n".join([
+            *strategies, "Do not repeat a configuration already evaluated; make the configurations differ.",
+        ])),
+        _TABLES if history else "",
+        done,
+        f'Reply with one JSON object {{"configurations": [...]}} holding {k} objects, each with all {space.dim} '
+        f"parameters within their ranges, exactly these keys: {', '.join(space.names)}.",
+        REPLY_INSTRUCTION,
+    ] if x)  # fmt: skip
+    system = ("You are an expert in training small GPT language models and in hyperparameter optimization. "
+              "You propose starting configurations for a search as JSON.")  # fmt: skip
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 # -- Centaur -----------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from jaxhpo.proposers.random import RandomProposer
 from jaxhpo.proposers.smac3 import SMACProposer
 from jaxhpo.proposers.sobol import SobolProposer
 from jaxhpo.proposers.tpe import TPEProposer
+from jaxhpo.proposers.warmstart import WarmStart, warmstart_option
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
@@ -31,13 +32,15 @@ def proposer_options(name: str, protocol: ProtocolConfig | None = None) -> dict[
     """The options a method takes, with their defaults (what hydra_configs/method/<name>.yaml lists)."""
     cls = _lookup(name, protocol)
     params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, space, seed
-    return {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
+    options = {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
+    return {**options, "warmstart": 0} if cls.supports_warmstart else options
 
 
 def options_added(name: str, protocol: ProtocolConfig | None = None) -> dict[str, Any]:
     """The options method `name` gained since journals record method options, each with the value a journal
-    without it ran with (`Proposer.options_added`)."""
-    return dict(_lookup(name, protocol).options_added)
+    without it ran with (`Proposer.options_added`; warmstart: 0)."""
+    cls = _lookup(name, protocol)
+    return {**cls.options_added, "warmstart": 0} if cls.supports_warmstart else dict(cls.options_added)
 
 
 def resolved_options(name: str, options: dict[str, Any], protocol: ProtocolConfig) -> dict[str, Any]:
@@ -52,16 +55,19 @@ def make_proposer(name: str, space: Space, seed: int, llm: Any = None, protocol:
     """A fresh proposer for method `name` under `protocol` (None: jaxhpo's); ValueError (one line) for an unknown
     method or option.
 
-    `llm` (an LLMClient, or None) goes to proposers whose class has `uses_llm`; the others ignore it."""
+    `llm` (an LLMClient, or None) goes to proposers whose class has `uses_llm`, and to the warm start
+    (jaxhpo.proposers.warmstart) of those with `supports_warmstart` when their `warmstart` option is above 0."""
     cls = _lookup(name, protocol)
     known = proposer_options(name, protocol)
     unknown = sorted(set(options) - set(known))
     if unknown:
         valid = f"valid options: {', '.join(known)}" if known else "it takes no options"
         raise ValueError(f"unknown option {unknown[0]!r} for method {name!r}; {valid}")
+    warmstart = warmstart_option(name, options.pop("warmstart", 0))
     if cls.uses_llm:
         options["llm"] = llm
-    return cls(space, seed, protocol=protocol, **options)
+    proposer = cls(space, seed, protocol=protocol, **options)
+    return WarmStart(proposer, warmstart, llm) if warmstart else proposer
 
 
 def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
@@ -75,5 +81,5 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 __all__ = [
     "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
     "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SMACProposer", "SobolProposer",
-    "TPEProposer", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
+    "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
 ]  # fmt: skip

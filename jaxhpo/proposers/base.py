@@ -40,6 +40,8 @@ class Proposer(ABC):
 
     name: str = "?"
     uses_llm: bool = False
+    # Whether the method takes `warmstart` (configurations from one LLM call run first; jaxhpo.proposers.warmstart).
+    supports_warmstart: bool = False
     # Options added since journals record a study's method options, each with the value that does what the
     # proposer did before it existed: a journal without the key ran with that value (checked on resume).
     options_added: dict[str, Any] = {}

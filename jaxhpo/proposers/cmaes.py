@@ -104,6 +104,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 class CMAESProposer(Proposer):
     name = "cmaes"
+    supports_warmstart = True
     options_added = {"avoid_failures": False}
     protocol_defaults = {"avoid_failures": "avoid_failures"}
 

@@ -70,10 +70,10 @@ def llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: 
     failure: params is None and turn["fallback"] says why. Every text in the record has passed through
     `llm.scrub` (the API key replaced by ***) when the client has one: the record is stored in the journal."""
     params, turn = _llm_turn(llm, kind, messages, space, fallback, fallback_label)
-    return params, _scrubbed(llm, turn)
+    return params, scrubbed(llm, turn)
 
 
-def _scrubbed(llm: Any, turn: dict) -> dict:
+def scrubbed(llm: Any, turn: dict) -> dict:
     scrub = getattr(llm, "scrub", None)
     if not callable(scrub):
         return turn
@@ -92,8 +92,8 @@ def _scrubbed(llm: Any, turn: dict) -> dict:
     return {key: clean(value) for key, value in turn.items()}
 
 
-def _chat(llm: Any, kind: str, messages: list[dict], schema: dict | None,
-          describe: Callable[[Exception], str]) -> tuple[Any, dict]:  # fmt: skip
+def chat_turn(llm: Any, kind: str, messages: list[dict], schema: dict | None,
+              describe: Callable[[Exception], str], max_tokens: int | None = None) -> tuple[Any, dict]:  # fmt: skip
     """One chat request as a turn record: (the completion, or None with turn["fallback"] saying why, the turn).
     Anything the client raises is recorded (`describe` words it) and the study goes on."""
     turn: dict[str, Any] = {
@@ -106,7 +106,7 @@ def _chat(llm: Any, kind: str, messages: list[dict], schema: dict | None,
         return None, turn
     t0 = time.perf_counter()
     try:
-        completion = llm.chat(messages, schema)
+        completion = llm.chat(messages, schema, **({"max_tokens": max_tokens} if max_tokens else {}))
     except Exception as e:
         turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, describe(e)
         return None, turn
@@ -121,10 +121,14 @@ def _named(e: Exception) -> str:
     return one_line(f"{type(e).__name__}: {e}")
 
 
+def llm_failure(e: Exception) -> str:
+    """A failed chat in one line: the client's own message, or the exception's type and message."""
+    return one_line(e) if isinstance(e, LLMError) else _named(e)
+
+
 def _llm_turn(llm: Any, kind: str, messages: list[dict], space: Space, fallback: Mapping | None,
               fallback_label: str) -> tuple[dict | None, dict]:  # fmt: skip
-    completion, turn = _chat(llm, kind, messages, json_schema(space),
-                             lambda e: one_line(e) if isinstance(e, LLMError) else _named(e))  # fmt: skip
+    completion, turn = chat_turn(llm, kind, messages, json_schema(space), llm_failure)
     if completion is None:
         return None, turn
     try:
@@ -244,14 +248,14 @@ def paper_llm_turn(llm: Any, kind: str, prompt: str, space: Space) -> tuple[dict
     `paper.clamp` (missing parameters from the defaults) and `paper.snap_pow2`, then made valid by
     `Space.clamp` (a category the space lacks becomes the default; the study passed it on to crash)."""
     # The study named every client error by its type (its runner logged f"{type}: {e}") and lost the trial.
-    completion, turn = _chat(llm, kind, [{"role": "user", "content": prompt}], None, _named)
+    completion, turn = chat_turn(llm, kind, [{"role": "user", "content": prompt}], None, _named)
     if completion is None:
-        return None, None, _scrubbed(llm, turn), True
+        return None, None, scrubbed(llm, turn), True
     try:
         raw = paper.clamp(space, paper.parse_reply(completion.text))
     except Exception as e:  # whatever the study's parsing and clamping raised (ValueError, TypeError, OverflowError)
         turn["fallback"] = _named(e)
-        return None, None, _scrubbed(llm, turn), False
+        return None, None, scrubbed(llm, turn), False
     params, repairs = space.clamp(paper.snap_pow2(space, raw, None))
     turn["parsed"], turn["repairs"] = params, repairs
-    return params, raw, _scrubbed(llm, turn), False
+    return params, raw, scrubbed(llm, turn), False

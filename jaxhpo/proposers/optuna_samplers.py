@@ -62,6 +62,8 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
 class OptunaProposer(Proposer):
     """An Optuna sampler (`self.sampler`, made by the subclass before this __init__ runs) over the space."""
 
+    supports_warmstart = True
+
     sampler: optuna.samplers.BaseSampler
 
     def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):

@@ -75,6 +75,8 @@ def _hyperparameter(cs_module, p: Param):
 class SMACProposer(Proposer):
     """SMAC3's hyperparameter-optimization facade over the space (`method=smac`)."""
 
+    supports_warmstart = True
+
     name = "smac"
     protocol_defaults = {"deterministic": "smac_deterministic"}
 

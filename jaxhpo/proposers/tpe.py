@@ -79,6 +79,7 @@ SPLITS = ("sqrt", "linear")
 
 class TPEProposer(Proposer):
     name = "tpe"
+    supports_warmstart = True
     options_added = {"avoid_failures": False}
     protocol_defaults = {"avoid_failures": "avoid_failures"}
 
