@@ -71,6 +71,16 @@ def test_schema_reply_parses_and_validates(llm_server):
     assert reply.model
 
 
+def test_n_replies_from_a_server_that_ignores_n(llm_server):
+    # llama-cpp-python's server drops the API's `n` and answers one choice: the client asks again for the rest.
+    with LLMClient(LLMConfig(max_tokens=60), base_url=llm_server) as client:
+        replies = client.chat_n(PROMPT, 3, schema=SCHEMA, temperature=1.0)
+    assert len(replies) == 3
+    for reply in replies:
+        check_reply(json.loads(reply.text))
+        assert reply.latency_s > 0 and reply.prompt_tokens > 0  # three requests, each its own cost
+
+
 def test_rejected_response_format_falls_back_to_plain_text(llm_server):
     # llama-cpp-python's server does not take OpenAI's json_schema form: the client asks again without it.
     cfg = LLMConfig(temperature=0.0, max_tokens=60, schema_style="openai", retries=0)

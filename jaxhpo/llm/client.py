@@ -290,13 +290,16 @@ class LLMClient:
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": False}}
 
-    def _payload(self, messages: list[dict], schema: dict | None, max_tokens: int | None = None) -> dict:
+    def _payload(self, messages: list[dict], schema: dict | None, max_tokens: int | None = None,
+                 temperature: float | None = None, n: int = 1) -> dict:  # fmt: skip
         body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": list(messages),
-            "temperature": self.cfg.temperature,
+            "temperature": self.cfg.temperature if temperature is None else temperature,
             "max_tokens": max_tokens or self.cfg.max_tokens,
         }
+        if n > 1:
+            body["n"] = n
         fmt = self.response_format(schema)
         if fmt is not None:
             body["response_format"] = fmt
@@ -317,17 +320,31 @@ class LLMClient:
 
     # -- the calls --------------------------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], schema: dict | None = None, max_tokens: int | None = None) -> Completion:
+    def chat(self, messages: list[dict], schema: dict | None = None, max_tokens: int | None = None,
+             temperature: float | None = None) -> Completion:  # fmt: skip
         """Send `messages` and return the reply (API key scrubbed from its text); LLMError (one line) once every
         attempt has failed, or at once for a failure no retry fixes (HTTP 4xx but 408/409/425/429). `max_tokens`
-        replaces llm.max_tokens for a reply that must be longer (several configurations)."""
+        and `temperature` replace llm.max_tokens and llm.temperature for this request (a method's own values)."""
+        return self._request(messages, schema, max_tokens, temperature, 1)[0]
+
+    def chat_n(self, messages: list[dict], n: int, schema: dict | None = None, max_tokens: int | None = None,
+               temperature: float | None = None) -> list[Completion]:  # fmt: skip
+        """`n` sampled replies to the same messages (the API's `n`). A server that returns fewer choices than asked
+        (llama-cpp-python's ignores `n`) is asked again for the rest; a request's cost is on its first reply."""
+        replies: list[Completion] = []
+        while len(replies) < n:
+            replies += self._request(messages, schema, max_tokens, temperature, n - len(replies))
+        return replies[:n]
+
+    def _request(self, messages: list[dict], schema: dict | None, max_tokens: int | None, temperature: float | None,
+                 n: int) -> list[Completion]:  # fmt: skip
         key = self._api_key()
         headers = self._headers(key, **{"Content-Type": "application/json"})
         url = f"{self.base_url}/chat/completions"
         total, last = self.cfg.retries + 1, "no attempt made"
         for attempt in range(1, total + 1):
             try:
-                done = self._attempt(url, headers, messages, schema, attempt, max_tokens)
+                done = self._attempt(url, headers, messages, schema, attempt, max_tokens, temperature, n)
             except _Fatal as e:
                 raise LLMError(self._message(f"LLM request to {url} failed: {e}")) from None
             except _Retryable as e:
@@ -344,13 +361,14 @@ class LLMClient:
                     wait = e.retry_after
                 time.sleep(wait)
                 continue
-            done.text, done.model = self.scrub(done.text), self.scrub(done.model)
+            for c in done:
+                c.text, c.model = self.scrub(c.text), self.scrub(c.model)
             return done
         raise LLMError(self._message(f"LLM request to {url} failed after {total} attempt(s): {last}"))
 
     def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | None, attempts: int,
-                 max_tokens: int | None = None):  # fmt: skip
-        body = self._payload(messages, schema, max_tokens)
+                 max_tokens: int | None, temperature: float | None, n: int) -> list[Completion]:  # fmt: skip
+        body = self._payload(messages, schema, max_tokens, temperature, n)
         limit = self.cfg.timeout_s
         deadline = time.monotonic() + limit
         t0 = time.perf_counter()
@@ -373,25 +391,27 @@ class LLMClient:
             raise _Retryable(msg, retry_after=wait)
         try:
             data = json.loads(r.body)
-            choice = data["choices"][0]
-            content = choice["message"]["content"]
+            choices = list(data["choices"][:n])
+            contents = [choice["message"]["content"] for choice in choices]
+            choice = choices[0]
         except (ValueError, KeyError, IndexError, TypeError):
             kind = r.headers.get("content-type") or "no content-type"
             raise _Retryable(f"malformed response ({one_line(kind, 60)}): {_excerpt(text)}") from None
-        if not isinstance(content, str) or not content.strip():
+        kept = [(c, t) for c, t in zip(choices, contents) if isinstance(t, str) and t.strip()]
+        if not kept:
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
             raise _Retryable(f"empty content (finish_reason={reason!r})")
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        return Completion(
-            text=content,
-            latency_s=latency,
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            model=str(data.get("model") or self.cfg.model),
-            attempts=attempts,
-            finish_reason=choice.get("finish_reason"),
-        )
+        model = str(data.get("model") or self.cfg.model)
+        first = {"latency_s": latency, "prompt_tokens": usage.get("prompt_tokens"),
+                 "completion_tokens": usage.get("completion_tokens")}  # fmt: skip
+        rest = {"latency_s": 0.0, "prompt_tokens": 0 if usage else None, "completion_tokens": 0 if usage else None}
+        return [
+            Completion(text=t, model=model, attempts=attempts, finish_reason=c.get("finish_reason"),
+                       **(first if i == 0 else rest))  # fmt: skip
+            for i, (c, t) in enumerate(kept)
+        ]
 
     def check(self) -> str | None:
         """A cheap start-up check: None if the endpoint answers, else a one-line reason why not.
