@@ -7,14 +7,17 @@ reports read while the study writes: in WAL readers never block the writer and t
 whereas a rollback-journal reader's shared lock would make `append` wait or fail with "database is locked".
 (WAL needs shared memory between the processes, so the run folder must be on a local filesystem, not NFS.)
 
-Schema version 3 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
+Schema version 4 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
 
     trials(number INTEGER PRIMARY KEY, params JSON, space_id, method, proposer, status, val_bpb, error,
            wall_seconds, training_seconds, peak_memory_mb, started_at, ended_at, seed, meta JSON, result JSON)
     study(key TEXT PRIMARY KEY, value JSON)
-    llm_turns(trial_number -> trials.number, kind, prompt, reply, parsed JSON, repairs JSON, fallback,
+    llm_turns(trial_number -> trials.number, call, kind, prompt, reply, parsed JSON, repairs JSON, fallback,
               latency_s, prompt_tokens, completion_tokens, model, attempts)       -- added in version 2
     pending(number PRIMARY KEY, params JSON, proposer, meta JSON, llm_turn JSON, started_at)  -- version 3
+
+`llm_turns` has one row per LLM call, keyed by (trial_number, call): most methods make one call for a trial
+(call 0), LLAMBO many (version 4; before it, one row per trial).
 
 `pending` holds the trials that have started and not finished: a row is written (durably) before a trial's
 process starts and deleted in the transaction that appends the finished trial. After a crash or a kill of the
@@ -44,7 +47,7 @@ from typing import Any
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
 JOURNAL_FILE = "journal.sqlite"  # a study's journal, in its run folder
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database
 
 _SCHEMA_V1 = f"""
@@ -72,14 +75,14 @@ CREATE TABLE study (
 );
 """
 
-# One row per LLM turn (a trial whose proposal an LLM was asked for), joined to its trial by number: the prompt
-# and raw reply are large and only reports and audits read them, so they stay out of `trials`.
+# One row per LLM call made for a trial's proposal, joined to its trial by number: the prompt and raw reply are
+# large and only reports and audits read them, so they stay out of `trials`.
 _LLM_TURN_COLUMNS = (
-    "trial_number", "kind", "prompt", "reply", "parsed", "repairs", "fallback", "latency_s", "prompt_tokens",
-    "completion_tokens", "model", "attempts",
+    "trial_number", "call", "kind", "prompt", "reply", "parsed", "repairs", "fallback", "latency_s",
+    "prompt_tokens", "completion_tokens", "model", "attempts",
 )  # fmt: skip
 _LLM_TURN_JSON = ("parsed", "repairs")
-_SCHEMA_LLM_TURNS = """
+_SCHEMA_LLM_TURNS_V2 = """
 CREATE TABLE llm_turns (
     trial_number INTEGER PRIMARY KEY REFERENCES trials(number),
     kind TEXT NOT NULL,
@@ -95,6 +98,24 @@ CREATE TABLE llm_turns (
     attempts INTEGER
 )
 """
+_SCHEMA_LLM_TURNS = """
+CREATE TABLE llm_turns (
+    trial_number INTEGER NOT NULL REFERENCES trials(number),
+    call INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    reply TEXT,
+    parsed TEXT NOT NULL,
+    repairs TEXT NOT NULL,
+    fallback TEXT,
+    latency_s REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    model TEXT,
+    attempts INTEGER,
+    PRIMARY KEY (trial_number, call)
+)
+"""
 
 _SCHEMA_PENDING = """
 CREATE TABLE pending (
@@ -108,9 +129,20 @@ CREATE TABLE pending (
 """
 
 # Migration steps: _MIGRATIONS[v] upgrades a version-v journal to v + 1 inside the opening transaction.
+def _calls_per_trial(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4: llm_turns keyed by (trial, call); every earlier turn is its trial's call 0."""
+    old = ", ".join(c for c in _LLM_TURN_COLUMNS if c != "call")
+    conn.execute("ALTER TABLE llm_turns RENAME TO llm_turns_v3")
+    conn.execute(_SCHEMA_LLM_TURNS)
+    conn.execute(f"INSERT INTO llm_turns ({', '.join(_LLM_TURN_COLUMNS)}) "
+                 f"SELECT trial_number, 0, {old.removeprefix('trial_number, ')} FROM llm_turns_v3")  # fmt: skip
+    conn.execute("DROP TABLE llm_turns_v3")
+
+
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: lambda conn: conn.execute(_SCHEMA_LLM_TURNS),
+    1: lambda conn: conn.execute(_SCHEMA_LLM_TURNS_V2),
     2: lambda conn: conn.execute(_SCHEMA_PENDING),
+    3: _calls_per_trial,
 }
 
 _COLUMNS = (
@@ -169,7 +201,7 @@ class PendingTrial:
     params: dict[str, Any]
     proposer: str
     meta: dict[str, Any] = field(default_factory=dict)
-    llm_turn: dict[str, Any] | None = None  # the LLM turn that proposed it; journaled with the finished trial
+    llm_turn: dict[str, Any] | list | None = None  # the LLM turn (or calls) that proposed it; journaled with the trial
     started_at: float = 0.0
 
 
@@ -247,14 +279,20 @@ def _row(r: TrialRecord) -> tuple:
     )
 
 
-def _llm_turn_row(number: int, turn: dict) -> tuple:
-    """Validate an LLM turn (a dict with the _LLM_TURN_COLUMNS but trial_number) into its row."""
+def _llm_turn_rows(number: int, turn: dict | list) -> list[tuple]:
+    """Validate a trial's LLM turn (a dict) or its calls (a list of them) into rows, numbered by call."""
+    calls = turn if isinstance(turn, list) else [turn]
+    return [_llm_turn_row(number, call, t) for call, t in enumerate(calls)]
+
+
+def _llm_turn_row(number: int, call: int, turn: dict) -> tuple:
+    """Validate one LLM call (a dict with the _LLM_TURN_COLUMNS but trial_number and call) into its row."""
     if not isinstance(turn, dict):
-        raise JournalError(f"trial {number}: llm_turn must be a dict, got {type(turn).__name__}")
-    unknown = sorted(set(turn) - set(_LLM_TURN_COLUMNS[1:]))
+        raise JournalError(f"trial {number}: llm_turn must be a dict or a list of them, got {type(turn).__name__}")
+    unknown = sorted(set(turn) - set(_LLM_TURN_COLUMNS[2:]))
     if unknown:
         raise JournalError(f"trial {number}: llm_turn has unknown field {unknown[0]!r}")
-    values = {c: turn.get(c) for c in _LLM_TURN_COLUMNS[1:]}
+    values = {c: turn.get(c) for c in _LLM_TURN_COLUMNS[2:]}
     values["kind"] = _text(f"trial {number}: llm_turn kind", values["kind"])
     prompt = values["prompt"]
     values["prompt"] = prompt if isinstance(prompt, str) else _encode(f"trial {number}: llm_turn prompt", prompt)
@@ -263,7 +301,7 @@ def _llm_turn_row(number: int, turn: dict) -> tuple:
     values["latency_s"] = _number("llm_turn latency_s", values["latency_s"], optional=True)
     for c in ("prompt_tokens", "completion_tokens", "attempts"):
         values[c] = _number(f"llm_turn {c}", values[c], integer=True, optional=True)
-    return (number, *values.values())
+    return (number, call, *values.values())
 
 
 def low_on_space(folder: str | Path) -> int | None:
@@ -398,18 +436,17 @@ class Journal:
             raise JournalError(f"journal {self.path} was opened read-only")
         return self._conn
 
-    def append(self, record: TrialRecord, llm_turn: dict | None = None) -> None:
-        """Store one finished trial (and the LLM turn that proposed it, if any) and drop its pending row, in one
-        transaction; durable on return; an existing number is refused."""
+    def append(self, record: TrialRecord, llm_turn: dict | list | None = None) -> None:
+        """Store one finished trial (and the LLM turn that proposed it, or its list of LLM calls, if any) and drop
+        its pending row, in one transaction; durable on return; an existing number is refused."""
         row = _row(record)
-        turn = _llm_turn_row(row[0], llm_turn) if llm_turn is not None else None
+        turns = _llm_turn_rows(row[0], llm_turn) if llm_turn is not None else []
         with self._lock:
             conn = self._live(write=True)
             try:
                 with self._transaction():
                     conn.execute(_INSERT, row)  # INSERT, never REPLACE: a finished trial is never overwritten
-                    if turn is not None:
-                        conn.execute(_INSERT_LLM_TURN, turn)
+                    conn.executemany(_INSERT_LLM_TURN, turns)
                     conn.execute("DELETE FROM pending WHERE number = ?", (row[0],))
             except sqlite3.IntegrityError as e:
                 if conn.execute("SELECT 1 FROM trials WHERE number = ?", (row[0],)).fetchone():
@@ -429,14 +466,16 @@ class Journal:
         return [_record(r) for r in rows]
 
     def llm_turns(self) -> list[dict]:
-        """Every LLM turn, ordered by trial number, JSON columns decoded."""
+        """Every LLM call, ordered by trial number and call, JSON columns decoded."""
         if self._version < 2:  # a version-1 journal opened read-only has no llm_turns table
             return []
         with self._lock:
             conn = self._live()
             try:
+                columns = _LLM_TURN_COLUMNS if self._version >= 4 else [
+                    "0 AS call" if c == "call" else c for c in _LLM_TURN_COLUMNS]  # a read-only older journal
                 rows = conn.execute(
-                    f"SELECT {', '.join(_LLM_TURN_COLUMNS)} FROM llm_turns ORDER BY trial_number"
+                    f"SELECT {', '.join(columns)} FROM llm_turns ORDER BY trial_number, call"
                 ).fetchall()
             except sqlite3.Error as e:
                 raise JournalError(f"cannot read journal {self.path}: {_why(e, self.path)}") from None
@@ -466,7 +505,7 @@ class Journal:
             _number("started_at", trial.started_at),
         )  # fmt: skip
         if trial.llm_turn is not None:
-            _llm_turn_row(number, trial.llm_turn)  # refuse now what append would refuse later
+            _llm_turn_rows(number, trial.llm_turn)  # refuse now what append would refuse later
         with self._lock:
             conn = self._live(write=True)
             try:

@@ -56,10 +56,21 @@ def summarize(
         "budget_charge": budget_charge,
         "budget_s": budget_s,
         "lost_to_llm": lost,
-        "llm_turns": len(llm_turns),
-        "llm_fallbacks": sum(1 for t in llm_turns if t["fallback"]),
+        **{k: v for k, v in llm_figures([llm_turns]).items() if k != "llm_fallback_pct"},
         "llm_seconds": round(llm_startup_s + sum(t["latency_s"] or 0.0 for t in llm_turns), 1),
     }
+
+
+def llm_figures(studies: Sequence[Sequence[dict]]) -> dict:
+    """LLM use from each study's llm_turns rows (one per call): turns (trials an LLM was asked for), calls,
+    calls that failed or gave nothing usable (fallbacks) and their share, seconds of calls per turn."""
+    turns = sum(len({c["trial_number"] for c in calls}) for calls in studies)
+    calls = [c for study in studies for c in study]
+    seconds = sum(c["latency_s"] or 0.0 for c in calls)
+    fallbacks = sum(bool(c["fallback"]) for c in calls)
+    return {"llm_turns": turns, "llm_calls": len(calls), "llm_fallbacks": fallbacks,
+            "llm_fallback_pct": _pct(fallbacks, len(calls)),
+            "llm_seconds_per_turn": round(seconds / turns, 1) if turns else None}  # fmt: skip
 
 
 def predicted_oom(trial: TrialRecord) -> bool:
@@ -131,8 +142,8 @@ def _pyplot():
 DASH = "–"
 CSV_COLUMNS = (
     "method", "space_name", "space_id", "studies", "studies_with_success", "best_val_bpb_mean", "best_val_bpb_std",
-    "best_val_bpb_min", "failed_pct", "oom_pct", "oom_predicted_pct", "trials", "llm_turns", "llm_fallback_pct",
-    "trial_seconds_mean", "budget_s", "budget_used_pct", "best_val_bpb_ci_low", "best_val_bpb_ci_high",
+    "best_val_bpb_min", "failed_pct", "oom_pct", "oom_predicted_pct", "trials", "llm_turns", "llm_calls", "llm_fallback_pct",
+    "llm_seconds_per_turn", "trial_seconds_mean", "budget_s", "budget_used_pct", "best_val_bpb_ci_low", "best_val_bpb_ci_high",
 )  # fmt: skip
 RANK_POINTS = 201  # budget points of the anytime ranks: 0 %, 0.5 %, ..., 100 % of the common budget
 RANK_TABLE_AT = (0.25, 0.5, 1.0)  # shares of the common budget the rank table shows
@@ -277,7 +288,6 @@ def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
     rows = []
     for (method, space_id), runs in group_studies(studies).items():
         trials = [t for r in runs for t in r.trials]
-        turns = [turn for r in runs for turn in r.llm_turns]
         bests = [r.best.val_bpb for r in runs if r.best]
         ci = stats.bootstrap_ci(bests) if len(bests) > 1 else None
         budgeted = [r for r in runs if r.budget_s]
@@ -294,8 +304,7 @@ def method_rows(studies: Sequence[StudyRun]) -> list[dict]:
             "oom_pct": _pct(sum(t.status == "oom" for t in trials), len(trials)),
             "oom_predicted_pct": _pct(sum(map(predicted_oom, trials)), len(trials)),
             "trials": len(trials),
-            "llm_turns": len(turns),
-            "llm_fallback_pct": _pct(sum(bool(turn["fallback"]) for turn in turns), len(turns)),
+            **{k: v for k, v in llm_figures([r.llm_turns for r in runs]).items() if k != "llm_fallbacks"},
             "trial_seconds_mean": _mean([r.trial_seconds for r in runs]),
             "budget_s": _mean([r.budget_s for r in budgeted]),
             "budget_used_pct": _mean([100 * r.trial_seconds / r.budget_s for r in budgeted]),
@@ -481,7 +490,7 @@ def _labels(rows: Sequence[dict], many_spaces: bool) -> list[str]:
 def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
     """The method table as Markdown; counts and percentages are over all of a method's trials."""
     header = ["method", "studies", "best val_bpb (mean ± std)", "ci95", "failed %", "OOM %", "trials (total)",
-              "LLM turns (total)", "LLM fallback %", "budget used / study (mean)"]  # fmt: skip
+              "LLM turns (total)", "LLM calls: failed %", "LLM s / turn", "budget used / study (mean)"]  # fmt: skip
     body = []
     for label, r in zip(_labels(rows, many_spaces), rows):
         without = r["studies"] - r["studies_with_success"]
@@ -499,7 +508,8 @@ def method_markdown(rows: Sequence[dict], many_spaces: bool) -> str:
             f"[{r['best_val_bpb_ci_low']:.4f}, {r['best_val_bpb_ci_high']:.4f}]"
             if r["best_val_bpb_ci_low"] is not None else DASH,
             _num(r["failed_pct"], ".1f"), oom, str(r["trials"]),
-            str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"), used,
+            str(r["llm_turns"]) if r["llm_turns"] else DASH, _num(r["llm_fallback_pct"], ".1f"),
+            _num(r["llm_seconds_per_turn"], ".1f"), used,
         ])  # fmt: skip
     return markdown_table(header, body)
 
@@ -662,7 +672,7 @@ failed % counts every trial that did not finish ok (oom, diverged, timeout, cras
 table did; OOM % counts status oom alone, and in brackets the share the memory pre-flight refused after compiling
 (predicted) rather than trials that really ran out of memory. Percentages and totals pool all trials of a method's
 studies; best val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success
-({DASH}: fewer than two). LLM fallback %: the share of LLM turns whose reply was not used. Budget used: summed trial
+({DASH}: fewer than two). LLM calls: failed %: the share of LLM calls that failed or whose reply was not used. LLM s / turn: the seconds of LLM calls per trial an LLM was asked for (never charged to the budget). Budget used: summed trial
 wall time per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded.
 ci95 is a percentile-bootstrap 95 % confidence interval of that mean (10 000 resamples of the studies' bests); it
 never reaches beyond the lowest and highest best, so with few seeds it is too narrow ({DASH}: fewer than two)."""

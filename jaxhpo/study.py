@@ -391,12 +391,13 @@ class Study:
             parts.append(f"trial{'s' if len(running) > 1 else ''} {trials} training…")
         return "; ".join(parts)
 
-    def _show(self, record: TrialRecord, history: list[TrialRecord], llm_turn: dict | None) -> None:
-        if llm_turn and llm_turn.get("fallback") and not self._warned_fallback:
+    def _show(self, record: TrialRecord, history: list[TrialRecord], llm_turn: dict | list | None) -> None:
+        calls = llm_turn if isinstance(llm_turn, list) else [llm_turn] if llm_turn else []
+        if calls and calls[0].get("fallback") and not self._warned_fallback:  # the first call decides the turn
             self._warned_fallback = True
             self.console.print(
                 f"[yellow]warning:[/yellow] the LLM turn of trial {record.number} fell back to the classical "
-                f"proposal ({llm_turn['fallback']}); later fallbacks are recorded in the journal without a warning",
+                f"proposal ({calls[0]['fallback']}); later fallbacks are recorded in the journal without a warning",
                 highlight=False,
             )
         ok = [t.val_bpb for t in history if not t.failed]
@@ -409,8 +410,9 @@ class Study:
             f"trial {record.number:>3}  {record.proposer:<14} [{style}]{record.status:<8}[/{style}] "
             f"val_bpb {value:>7}  best {best:>7}  {record.wall_seconds:5.0f}s  budget left {left}"
         )
-        if llm_turn and llm_turn.get("latency_s") is not None:
-            line += f"  [dim]LLM {llm_turn['latency_s']:.1f}s[/dim]"
+        if any(c.get("latency_s") is not None for c in calls):
+            seconds = sum(c.get("latency_s") or 0.0 for c in calls)
+            line += f"  [dim]LLM {seconds:.1f}s{f' ({len(calls)} calls)' if len(calls) > 1 else ''}[/dim]"
         if record.error:
             line += f"  [dim]{record.error[:80]}[/dim]"
         self.console.print(line, highlight=False)

@@ -145,7 +145,7 @@ def test_schema_and_pragmas(tmp_path):
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"trials", "study", "llm_turns", "pending"}
@@ -341,6 +341,38 @@ def test_llm_turns_are_stored_with_their_trial_and_read_back(tmp_path):
     assert turns[0]["parsed"] == {"DEPTH": 8} and turns[0]["repairs"] == ["DEPTH: 99 -> 8"]
     assert '"Reply with JSON only."' in turns[0]["prompt"]  # messages stored as JSON text
     assert turns[1]["fallback"] == "LLMError: refused" and turns[1]["reply"] is None
+
+
+def test_a_trial_may_have_many_llm_calls(tmp_path):
+    calls = [{**TURN, "kind": "llambo-sampler"}] + [{**TURN, "kind": "llambo-scorer", "reply": f"## {i} ##"}
+                                                     for i in range(3)]  # fmt: skip
+    with Journal(tmp_path / "journal.sqlite") as j:
+        j.append(record(0))
+        j.append(record(1, proposer="llambo"), llm_turn=calls)
+        j.append(record(2, proposer="llm"), llm_turn=TURN)
+        turns = j.llm_turns()
+    assert [(t["trial_number"], t["call"], t["kind"]) for t in turns] == [
+        (1, 0, "llambo-sampler"), (1, 1, "llambo-scorer"), (1, 2, "llambo-scorer"), (1, 3, "llambo-scorer"),
+        (2, 0, "centaur")]  # fmt: skip
+    assert turns[3]["reply"] == "## 2 ##"
+
+
+def test_a_version_3_journal_keeps_its_turns_as_call_0(tmp_path):
+    from jaxhpo.journal import _INSERT, _SCHEMA_LLM_TURNS_V2, _SCHEMA_PENDING, _SCHEMA_V1, APPLICATION_ID, _row
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_V1 + ";" + _SCHEMA_LLM_TURNS_V2 + ";" + _SCHEMA_PENDING)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute("PRAGMA user_version=3")
+        conn.execute(_INSERT, _row(record(0)))
+        conn.execute("INSERT INTO llm_turns (trial_number, kind, prompt, parsed, repairs) "
+                     "VALUES (0, 'llm', '[]', 'null', '[]')")  # fmt: skip
+    with Journal(path, readonly=True) as j:  # a reader takes it as it is
+        assert [(t["trial_number"], t["call"]) for t in j.llm_turns()] == [(0, 0)]
+    with Journal(path) as j:  # a writer upgrades it
+        j.append(record(1), llm_turn=[TURN, TURN])
+        assert [(t["trial_number"], t["call"]) for t in j.llm_turns()] == [(0, 0), (1, 0), (1, 1)]
 
 
 def test_a_bad_llm_turn_refuses_the_whole_append(tmp_path):

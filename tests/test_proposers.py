@@ -34,12 +34,14 @@ from jaxhpo.space import Space
 REPO = Path(__file__).resolve().parents[1]
 PAPER = ProtocolConfig(**OmegaConf.to_container(OmegaConf.load(REPO / "hydra_configs/protocol/paper.yaml"))["protocol"])
 NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper", "smac/paper"]  # method/protocol
-# Offline, llm is random search, and the study's Centaur loses every trial from its first LLM turn (12) on. (The
+# Offline, llm and llambo are random search, and the study's Centaur loses every trial from its first LLM turn (12) on. (The
 # study's SMAC learns as smac does, with a few repeats: three more minutes of the suite to show it again.)
-LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper", "smac/paper")]
+LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper", "smac/paper",
+                                         "llambo")]  # fmt: skip
 # The proposer tags each method may hand out when its LLM is unreachable (only "default" besides, for trial 0).
 TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}, "cmaes/paper": {"cmaes"},
-        "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}, "smac/paper": {"smac"}}
+        "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}, "smac/paper": {"smac"},
+        "llambo": {"llambo→fallback"}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,8 +66,11 @@ def new_proposer(name: str, seed: int, **options):
 
 def stable_meta(meta: dict) -> dict:
     """A proposal's meta without what varies from run to run: the seconds an LLM call took to fail."""
-    if "llm_turn" in meta:
-        meta = meta | {"llm_turn": {k: v for k, v in meta["llm_turn"].items() if k != "latency_s"}}
+    turn = meta.get("llm_turn")
+    if turn is not None:  # one call's record, or a list of them (llambo)
+        calls = [{k: v for k, v in c.items() if k != "latency_s"} for c in (turn if isinstance(turn, list) else [turn])]
+        meta = meta | {"llm_turn": calls, "llambo": {k: v for k, v in meta.get("llambo", {}).items()
+                                                     if k != "llm_seconds"}}  # fmt: skip
     return meta
 
 
@@ -273,7 +278,7 @@ def test_learns_faster_than_random(name):
 def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
-    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes, smac"
+    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes, smac, llambo"
     for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)

@@ -115,8 +115,8 @@ def test_method_table_one_row_per_method_with_the_numbers(reported):
     assert (tpe["failed %"], tpe["OOM %"]) == ("37.5", "25.0 (12.5 predicted)")
     assert (llm["failed %"], llm["OOM %"]) == ("25.0", "12.5")
     assert tpe["trials (total)"] == llm["trials (total)"] == "8"
-    assert (llm["LLM turns (total)"], llm["LLM fallback %"]) == ("6", "33.3")
-    assert (tpe["LLM turns (total)"], tpe["LLM fallback %"]) == ("–", "–")
+    assert (llm["LLM turns (total)"], llm["LLM calls: failed %"]) == ("6", "33.3")
+    assert (tpe["LLM turns (total)"], tpe["LLM calls: failed %"], tpe["LLM s / turn"]) == ("–", "–", "–")
     # tpe: 35 s and 27 s of a 100 s budget (from .hydra/config.yaml); llm: 40 s of 50 s (from the journal).
     assert tpe["budget used / study (mean)"] == "31 s (31 % of 100 s)"
     assert llm["budget used / study (mean)"] == "40 s (80 % of 50 s)"

@@ -8,6 +8,7 @@ from typing import Any
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
+from jaxhpo.proposers.llambo import LLAMBOProposer
 from jaxhpo.proposers.llm import LLMProposer
 from jaxhpo.proposers.optuna_samplers import OptunaCMAESMethod, OptunaCMAESProposer, OptunaTPEProposer
 from jaxhpo.proposers.random import RandomProposer
@@ -21,7 +22,7 @@ from jaxhpo.space import Space
 PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
     "centaur": CentaurProposer, "sobol": SobolProposer, "optuna_tpe": OptunaTPEProposer,
-    "optuna_cmaes": OptunaCMAESMethod, "smac": SMACProposer,
+    "optuna_cmaes": OptunaCMAESMethod, "smac": SMACProposer, "llambo": LLAMBOProposer,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -79,7 +80,7 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLMProposer", "OptunaCMAESMethod",
+    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer", "OptunaCMAESMethod",
     "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SMACProposer", "SobolProposer",
     "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
 ]  # fmt: skip

@@ -93,8 +93,10 @@ def scrubbed(llm: Any, turn: dict) -> dict:
 
 
 def chat_turn(llm: Any, kind: str, messages: list[dict], schema: dict | None,
-              describe: Callable[[Exception], str], max_tokens: int | None = None) -> tuple[Any, dict]:  # fmt: skip
-    """One chat request as a turn record: (the completion, or None with turn["fallback"] saying why, the turn).
+              describe: Callable[[Exception], str], max_tokens: int | None = None, n: int | None = None,
+              temperature: float | None = None) -> tuple[Any, dict]:  # fmt: skip
+    """One chat request as a turn record: (the completion -- or, with `n`, the list of n sampled completions
+    (`chat_n`), the turn's reply their texts as a JSON list -- or None with turn["fallback"] saying why; the turn).
     Anything the client raises is recorded (`describe` words it) and the study goes on."""
     turn: dict[str, Any] = {
         "kind": kind, "prompt": json.dumps(messages, ensure_ascii=False), "reply": None, "parsed": None,
@@ -104,17 +106,26 @@ def chat_turn(llm: Any, kind: str, messages: list[dict], schema: dict | None,
     if llm is None:
         turn["fallback"] = "no LLM client configured"
         return None, turn
+    extra = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v is not None}
     t0 = time.perf_counter()
     try:
-        completion = llm.chat(messages, schema, **({"max_tokens": max_tokens} if max_tokens else {}))
+        got = llm.chat(messages, schema, **extra) if n is None else llm.chat_n(messages, n, schema, **extra)
     except Exception as e:
         turn["latency_s"], turn["fallback"] = time.perf_counter() - t0, describe(e)
         return None, turn
+    replies = [got] if n is None else got
     turn.update(
-        reply=completion.text, latency_s=time.perf_counter() - t0, prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens, model=completion.model, attempts=completion.attempts,
+        reply=got.text if n is None else json.dumps([c.text for c in replies], ensure_ascii=False),
+        latency_s=time.perf_counter() - t0, prompt_tokens=_total(c.prompt_tokens for c in replies),
+        completion_tokens=_total(c.completion_tokens for c in replies), model=replies[0].model,
+        attempts=_total(c.attempts for c in replies),
     )  # fmt: skip
-    return completion, turn
+    return got, turn
+
+
+def _total(values) -> int | None:
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 def _named(e: Exception) -> str:
