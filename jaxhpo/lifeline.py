@@ -1,4 +1,4 @@
-"""A child process's lifeline to the study that started it: `python -m jaxhpo.lifeline MODULE ARGS...`.
+"""A child process's lifeline to the study that started it: `python -m jaxhpo.lifeline [--path DIR] MODULE ARGS...`.
 
 A trial's trainer must never outlive its study: a study killed with kill -9 is resumed, and the resume runs the
 interrupted trial again in the same folder. Linux's parent-death signal ties the child to its parent, but only
@@ -6,6 +6,9 @@ once armed, and arming it after the trainer's imports (JAX, Flax: seconds) left 
 its study was already dead. So the link is made here, before anything else runs: arm the signal, check the
 parent is still the one that started us (it may have died before the signal was armed), and only then run
 MODULE as `__main__`. This module imports nothing but the standard library on purpose.
+
+`--path DIR` puts DIR first on the import path before MODULE runs, so that a trainer's edited copy in a trial
+folder (`jaxhpo.source`) is imported instead of the installed package.
 
 On other systems than Linux the module is run without the link.
 """
@@ -22,9 +25,10 @@ PARENT_ENV = "JAXHPO_PARENT_PID"  # the pid of the process the child must die wi
 _PR_SET_PDEATHSIG = 1
 
 
-def command(module: str, *args: str) -> list[str]:
-    """The argv that runs `python -m module args...` tied to this process (set PARENT_ENV=os.getpid() too)."""
-    return [sys.executable, "-m", "jaxhpo.lifeline", module, *args]
+def command(module: str, *args: str, path: str | None = None) -> list[str]:
+    """The argv that runs `python -m module args...` tied to this process (set PARENT_ENV=os.getpid() too), with
+    `path` first on its import path if given."""
+    return [sys.executable, "-m", "jaxhpo.lifeline", *(["--path", path] if path else []), module, *args]
 
 
 def arm() -> None:
@@ -39,8 +43,11 @@ def arm() -> None:
 
 def _main(argv: list[str]) -> None:
     arm()
+    if argv[:1] == ["--path"] and len(argv) > 1:
+        sys.path.insert(0, argv[1])
+        argv = argv[2:]
     if not argv:
-        sys.exit("usage: python -m jaxhpo.lifeline MODULE [ARGS...]")
+        sys.exit("usage: python -m jaxhpo.lifeline [--path DIR] MODULE [ARGS...]")
     sys.argv = argv  # as `python -m MODULE ARGS` would see them (argv[0] is replaced by run_module)
     runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
 

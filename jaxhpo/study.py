@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping
 
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from jaxhpo.config import StudyConfig, check_study_settings
@@ -38,6 +39,7 @@ from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options
+from jaxhpo import source
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
@@ -84,7 +86,11 @@ class Study:
                                                     **cfg.method.options)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
-        footprints = self.trial.footprint_cache and self.surrogate is None  # a surrogate has no pre-flight
+        if self.proposer.edits_source and self.surrogate is not None:
+            raise StudyError(f"method {self.method} edits the trainer's source, and trainer=surrogate has none: "
+                             "use trainer=gpt")  # fmt: skip
+        # A surrogate has no pre-flight; an edited trainer's footprint is not its configuration's.
+        footprints = self.trial.footprint_cache and self.surrogate is None and not self.proposer.edits_source
         self.footprints = FootprintCache(Path(self.trial.compile_cache_dir) / FOOTPRINTS if footprints else None,
                                          warn=lambda line: self.console.print(line, highlight=False))  # fmt: skip
         if self.proposer.failure_model is not None and self.footprints.path is not None:
@@ -308,6 +314,11 @@ class Study:
                     if repairs:
                         trial.meta["repairs"] = repairs
                     trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
+                    if "agent" in trial.meta and (why := self._edit_fails(trial, trial_dir, train_cfg)):
+                        now = time.time()  # an edit that cannot run: crashed, shown to the next prompt; not refused
+                        self._finish(journal, trial, Outcome("crashed", None, f"source check: {why}", 0.0, now, now),
+                                     history)  # fmt: skip
+                        continue
                     if trial.number in rerun:
                         if note := pool.cancel_stale(trial_dir):
                             self.console.print(note, highlight=False)
@@ -351,6 +362,14 @@ class Study:
         spent = self._spent(history)
         started = len(history) + len(running)
         return started >= self.cfg.study.max_trials or (budget is not None and spent >= budget)
+
+    def _edit_fails(self, trial: PendingTrial, trial_dir: Path, train_cfg: TrainConfig) -> str | None:
+        """Write a trial's edited trainer into its folder and check it (jaxhpo.source); why it cannot run, or None."""
+        edit = trial.meta["agent"]
+        if edit.get("error"):
+            return edit["error"]
+        source.write_tree(trial_dir, edit["text"])
+        return source.check(trial_dir, OmegaConf.to_yaml(OmegaConf.structured(train_cfg)))
 
     def _spent(self, history: list[TrialRecord]) -> float:
         """The budget spent by the finished trials, as protocol.budget_charge counts it."""

@@ -8,7 +8,8 @@ wall-clock timeout, and whatever happens to it (out of memory, NaN, a segfault, 
 `python -m jaxhpo.trial TRIAL_DIR` is the subprocess: it trains the config.yaml it finds there. It is started
 through `jaxhpo.lifeline`, which ties it to the study (Linux's parent-death signal) before it imports anything,
 so a study killed with kill -9 leaves no trainer running on behalf of a trial its resume will run again; and it
-keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given some (`jaxhpo.workers`).
+keeps to the CPU cores named in JAXHPO_CPUS, when its worker was given some (`jaxhpo.workers`). A trial folder
+with a `src/` folder runs the trainer found there (an edited copy, `jaxhpo.source`), not the installed package.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from omegaconf import OmegaConf
 
 from jaxhpo import lifeline
 from jaxhpo.journal import low_on_space
+from jaxhpo.source import SOURCE_DIR
 from jaxhpo.space import Space, SpaceError
 from model import device
 from model.config import FIELD_RULES, TrainConfig, load_config, validate
@@ -232,7 +234,8 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
     with open(trial_dir / LOG_FILE, "w") as log:
         # A session of its own, so a timeout kills the trainer and any child it started.
         proc = subprocess.Popen(
-            lifeline.command("jaxhpo.trial", str(trial_dir)), stdout=log, stderr=subprocess.STDOUT,
+            lifeline.command("jaxhpo.trial", str(trial_dir), path=source_path(trial_dir)), stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", lifeline.PARENT_ENV: str(os.getpid()), **(env or {})},
         )
@@ -251,6 +254,12 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
         raise OSError(errno.ENOSPC, f"No space left on device ({free // 1024} KiB free) while the trial ran",
                       str(trial_dir))  # fmt: skip
     return outcome
+
+
+def source_path(trial_dir: Path) -> str | None:
+    """The folder of the trainer's edited copy a trial runs (`jaxhpo.source`), None to run the installed one."""
+    src = Path(trial_dir) / SOURCE_DIR
+    return str(src.resolve()) if src.is_dir() else None
 
 
 def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None) -> int | None:

@@ -34,14 +34,14 @@ from jaxhpo.space import Space
 REPO = Path(__file__).resolve().parents[1]
 PAPER = ProtocolConfig(**OmegaConf.to_container(OmegaConf.load(REPO / "hydra_configs/protocol/paper.yaml"))["protocol"])
 NAMES = list(PROPOSERS) + ["cmaes/paper", "centaur/paper", "llm/paper", "smac/paper"]  # method/protocol
-# Offline, llm and llambo are random search, and the study's Centaur loses every trial from its first LLM turn (12) on. (The
+# Offline, llm, llambo and agent_code are random search, and the study's Centaur loses every trial from its first LLM turn (12) on. (The
 # study's SMAC learns as smac does, with a few repeats: three more minutes of the suite to show it again.)
 LEARNERS = [n for n in NAMES if n not in ("random", "sobol", "llm", "llm/paper", "centaur/paper", "smac/paper",
-                                         "llambo")]  # fmt: skip
+                                         "llambo", "agent_code")]  # fmt: skip
 # The proposer tags each method may hand out when its LLM is unreachable (only "default" besides, for trial 0).
 TAGS = {"llm": {"llm→fallback"}, "centaur": {"cmaes", "llm→fallback"}, "cmaes/paper": {"cmaes"},
         "centaur/paper": {"cmaes", "llm→error"}, "llm/paper": {"llm→error"}, "smac/paper": {"smac"},
-        "llambo": {"llambo→fallback"}}
+        "llambo": {"llambo→fallback"}, "agent_code": {"agent_code→fallback"}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,7 +278,7 @@ def test_learns_faster_than_random(name):
 def test_make_proposer_rejects_unknown_methods_and_options():
     with pytest.raises(ValueError) as e:
         make_proposer("x", SPACE, 0)
-    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes, smac, llambo"
+    assert str(e.value) == "unknown method 'x'; choose one of: random, tpe, cmaes, llm, centaur, sobol, optuna_tpe, optuna_cmaes, smac, llambo, agent_code"
     for name in PROPOSERS:
         with pytest.raises(ValueError) as e:
             make_proposer(name, SPACE, 0, bogus=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from jaxhpo.proposers.agent_code import AgentCodeProposer
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
@@ -23,6 +24,7 @@ PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
     "centaur": CentaurProposer, "sobol": SobolProposer, "optuna_tpe": OptunaTPEProposer,
     "optuna_cmaes": OptunaCMAESMethod, "smac": SMACProposer, "llambo": LLAMBOProposer,
+    "agent_code": AgentCodeProposer,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -80,7 +82,7 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer", "OptunaCMAESMethod",
+    "PROPOSERS", "AgentCodeProposer", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer", "OptunaCMAESMethod",
     "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SMACProposer", "SobolProposer",
     "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
 ]  # fmt: skip

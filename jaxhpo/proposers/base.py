@@ -40,6 +40,9 @@ class Proposer(ABC):
 
     name: str = "?"
     uses_llm: bool = False
+    # Whether the method edits the trainer's source (meta["agent"]: jaxhpo.proposers.agent_code): the study runs each
+    # such trial on its own copy of the trainer, after checking the edit.
+    edits_source: bool = False
     # Whether the method takes `warmstart` (configurations from one LLM call run first; jaxhpo.proposers.warmstart).
     supports_warmstart: bool = False
     # Options added since journals record a study's method options, each with the value that does what the
