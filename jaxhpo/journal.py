@@ -82,9 +82,7 @@ _LLM_TURN_COLUMNS = (
     "prompt_tokens", "completion_tokens", "model", "attempts",
 )  # fmt: skip
 _LLM_TURN_JSON = ("parsed", "repairs")
-_SCHEMA_LLM_TURNS_V2 = """
-CREATE TABLE llm_turns (
-    trial_number INTEGER PRIMARY KEY REFERENCES trials(number),
+_TURN_FIELDS = """
     kind TEXT NOT NULL,
     prompt TEXT NOT NULL,
     reply TEXT,
@@ -95,24 +93,17 @@ CREATE TABLE llm_turns (
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     model TEXT,
-    attempts INTEGER
+    attempts INTEGER"""
+# Versions 2 and 3: one turn per trial. Version 4: one row per call.
+_SCHEMA_LLM_TURNS_V2 = f"""
+CREATE TABLE llm_turns (
+    trial_number INTEGER PRIMARY KEY REFERENCES trials(number),{_TURN_FIELDS}
 )
 """
-_SCHEMA_LLM_TURNS = """
+_SCHEMA_LLM_TURNS = f"""
 CREATE TABLE llm_turns (
     trial_number INTEGER NOT NULL REFERENCES trials(number),
-    call INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    prompt TEXT NOT NULL,
-    reply TEXT,
-    parsed TEXT NOT NULL,
-    repairs TEXT NOT NULL,
-    fallback TEXT,
-    latency_s REAL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    model TEXT,
-    attempts INTEGER,
+    call INTEGER NOT NULL,{_TURN_FIELDS},
     PRIMARY KEY (trial_number, call)
 )
 """

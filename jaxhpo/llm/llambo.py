@@ -67,6 +67,11 @@ def shuffled(n: int) -> np.ndarray:
     return np.random.RandomState(0).permutation(n)
 
 
+def _messages(space: Space, parts: Sequence[str]) -> list[dict]:
+    """The study's system message, and the task followed by `parts` as the user message."""
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join([task(space), *parts])}]
+
+
 def _fitted(build, n: int, max_tokens: int) -> list[dict]:
     """build(k) with the most examples k <= n whose messages fit `max_tokens` estimated tokens."""
     k = n
@@ -87,8 +92,7 @@ def sampler_prompt(space: Space, observed: Sequence[tuple[Mapping, float, str | 
         for params, score, failure in observed[:k]:
             note = f" (failed: {failure}; scored as the worst success + 0.5)" if failure else ""
             rows.append(f"Performance: {score:.6f}{note}\nHyperparameter configuration: ## {fmt_config(space, params)} ##")
-        user = "\n\n".join([
-            task(space),
+        return _messages(space, [
             "The following are examples of performance of a GPT model measured in val_bpb and the corresponding "
             "model hyperparameter configurations. The allowable ranges for the hyperparameters are:\n" + describe(space),
             f"Recommend a configuration that can achieve the target performance of {target:.6f}. Do not recommend "
@@ -98,7 +102,6 @@ def sampler_prompt(space: Space, observed: Sequence[tuple[Mapping, float, str | 
             *rows,
             f"Performance: {target:.6f}\nHyperparameter configuration:",
         ])  # fmt: skip
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
     return _fitted(build, len(observed), max_tokens)
 
@@ -110,15 +113,13 @@ def scorer_prompt(space: Space, observed: Sequence[tuple[Mapping, float, str | N
     def build(k: int) -> list[dict]:
         rows = [f"Hyperparameter configuration: {fmt_config(space, params, ' is ')}\nPerformance: ## {score:.6f} ##"
                 for params, score, _ in observed[:k]]  # fmt: skip
-        user = "\n\n".join([
-            task(space),
+        return _messages(space, [
             "The following are hyperparameter configurations for a GPT model and the corresponding performance "
             "measured in val_bpb. Your response should only contain the predicted val_bpb in the format "
             "## performance ##.",
             *rows,
             f"Hyperparameter configuration: {fmt_config(space, candidate, ' is ')}\nPerformance: ",
         ])  # fmt: skip
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
     return _fitted(build, len(observed), max_tokens)
 
