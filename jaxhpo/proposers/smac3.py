@@ -75,9 +75,8 @@ def _hyperparameter(cs_module, p: Param):
 class SMACProposer(Proposer):
     """SMAC3's hyperparameter-optimization facade over the space (`method=smac`)."""
 
-    supports_warmstart = True
-
     name = "smac"
+    supports_warmstart = True
     protocol_defaults = {"deterministic": "smac_deterministic"}
 
     def __init__(self, space: Space, seed: int, n_trials: int = 100, deterministic: bool | None = None,
