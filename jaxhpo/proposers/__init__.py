@@ -82,7 +82,8 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "AgentCodeProposer", "Proposal", "Proposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer", "OptunaCMAESMethod",
-    "OptunaCMAESProposer", "OptunaTPEProposer", "RandomProposer", "SMACProposer", "SobolProposer",
-    "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values", "proposer_options", "resolved_options",
+    "PROPOSERS", "AgentCodeProposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer",
+    "OptunaCMAESMethod", "OptunaCMAESProposer", "OptunaTPEProposer", "Proposal", "Proposer", "RandomProposer",
+    "SMACProposer", "SobolProposer", "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values",
+    "proposer_options", "resolved_options",
 ]  # fmt: skip
