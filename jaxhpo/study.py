@@ -32,6 +32,7 @@ from typing import Mapping
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from jaxhpo import source
 from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.footprints import FILE as FOOTPRINTS
 from jaxhpo.footprints import FootprintCache, oom_message
@@ -39,7 +40,6 @@ from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options
-from jaxhpo import source
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
