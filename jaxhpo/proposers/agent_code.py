@@ -28,15 +28,14 @@ import numpy as np
 
 from jaxhpo import source
 from jaxhpo.journal import TrialRecord
-from jaxhpo.llm.prompt import estimate_tokens
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
-from jaxhpo.proposers.llm import chat_turn, llm_failure, scrubbed
+from jaxhpo.proposers.llm import chat_turn, llm_failure, reply_budget, scrubbed
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
 FALLBACK = "agent_code→fallback"
 RECENT = 15  # experiments shown (the study's agent showed its last 15)
-HOSTED_MAX_TOKENS = 8192  # the study's reply limit; a local server gets what its context leaves
+HOSTED_MAX_TOKENS = 8192  # the study's reply limit (a local server: what its context leaves, which is less)
 _FENCE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.S)
 
 
@@ -104,7 +103,8 @@ class AgentCodeProposer(Proposer):
     def ask(self, history: Sequence[TrialRecord], pending: Sequence[Mapping] = ()) -> Proposal:
         params, text, score = self.best if self.best else (self.space.default(), self.base, None)
         messages = _prompt(source.editable(self.space, params, text), self.experiments[-RECENT:], score)
-        completion, turn = chat_turn(self.llm, "agent_code", messages, None, llm_failure, self._max_tokens(messages))
+        budget = reply_budget(self.llm, messages, HOSTED_MAX_TOKENS)  # room for the whole source again
+        completion, turn = chat_turn(self.llm, "agent_code", messages, None, llm_failure, budget)
         if completion is None:  # no LLM: the best source, a seeded random configuration
             rng = np.random.default_rng([self.seed, trial_index(history, pending)])
             meta = {"llm_turn": scrubbed(self.llm, turn), "agent": self._edit(text, "fallback: the best source, "
@@ -125,12 +125,3 @@ class AgentCodeProposer(Proposer):
 
     def _edit(self, model_text: str, description: str) -> dict:
         return {"description": description, "text": model_text, **source.describe(model_text, self.base)}
-
-    def _max_tokens(self, messages: list[dict]) -> int | None:
-        """Room for the whole source again: the study's 8192, or what a local server's context leaves."""
-        cfg = getattr(self.llm, "cfg", None)
-        if cfg is None:
-            return None
-        if getattr(cfg, "provider", None) == "local" and getattr(cfg, "n_ctx", None):
-            return max(int(cfg.max_tokens), int(cfg.n_ctx) - estimate_tokens(messages) - 300)
-        return max(int(cfg.max_tokens), HOSTED_MAX_TOKENS)

@@ -45,14 +45,27 @@ from jaxhpo.feasibility import FailureModel, avoid_failures_option
 from jaxhpo.journal import TrialRecord
 from jaxhpo.llm import paper
 from jaxhpo.llm.client import LLMError, one_line
-from jaxhpo.llm.prompt import (MAX_PROMPT_TOKENS, ReplyError, best_trial, json_schema, llm_prompt, parse_reply,
-                               predicted_to_fail_message)
+from jaxhpo.llm.prompt import (MAX_PROMPT_TOKENS, ReplyError, best_trial, estimate_tokens, json_schema, llm_prompt,
+                               parse_reply, predicted_to_fail_message)
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig
 from jaxhpo.space import Space
 
 FALLBACK = "llm→fallback"
 LLM_ERROR = "llm→error"  # protocol=paper: the LLM call failed and, as in the study, the trial never runs
+
+
+def reply_budget(llm: Any, messages: list[dict], wanted: int | None = None, times: int = 1) -> int | None:
+    """max_tokens for a reply longer than llm.max_tokens (several configurations, a whole source): `wanted` tokens
+    (or `times` llm.max_tokens), within what a local server's context leaves after the prompt and a margin, never
+    below llm.max_tokens; None (the client's own) without a config."""
+    cfg = getattr(llm, "cfg", None)
+    if cfg is None or not getattr(cfg, "max_tokens", None):
+        return None
+    wanted = wanted or times * int(cfg.max_tokens)
+    if getattr(cfg, "provider", None) == "local" and getattr(cfg, "n_ctx", None):
+        wanted = min(wanted, int(cfg.n_ctx) - estimate_tokens(messages) - 300)
+    return max(int(cfg.max_tokens), wanted)
 
 
 def prompt_budget(llm: Any) -> int:

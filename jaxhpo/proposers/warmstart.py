@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from jaxhpo.journal import TrialRecord
-from jaxhpo.llm.prompt import ReplyError, estimate_tokens, parse_configs, warmstart_prompt, warmstart_schema
+from jaxhpo.llm.prompt import ReplyError, parse_configs, warmstart_prompt, warmstart_schema
 from jaxhpo.proposers.base import Proposal, Proposer
-from jaxhpo.proposers.llm import chat_turn, llm_failure, scrubbed
+from jaxhpo.proposers.llm import chat_turn, llm_failure, reply_budget, scrubbed
 
 WARMSTART = "llm-warmstart"
-_REPLY_MARGIN = 300  # tokens kept free in a local server's context besides the prompt (the estimate's error)
-
 
 def warmstart_option(method: str, value: Any) -> int:
     """The `warmstart` option checked: an integer >= 0, else ValueError (one line)."""
@@ -87,7 +85,7 @@ class WarmStart(Proposer):
         """The LLM's configurations (none when it fails) and the turn record."""
         messages = warmstart_prompt(self.space, self.k, history)
         completion, turn = chat_turn(self.llm, "warmstart", messages, warmstart_schema(self.space, self.k),
-                                     llm_failure, self._max_tokens(messages))  # fmt: skip
+                                     llm_failure, reply_budget(self.llm, messages, times=self.k))  # fmt: skip
         configs: list[dict] = []
         if completion is not None:
             try:
@@ -106,13 +104,3 @@ class WarmStart(Proposer):
                 if not configs:
                     turn["fallback"] = "every configuration in the reply was already evaluated"
         return configs, scrubbed(self.llm, turn)
-
-    def _max_tokens(self, messages: list[dict]) -> int | None:
-        """Room for k configurations: k times llm.max_tokens, within a local server's context."""
-        cfg = getattr(self.llm, "cfg", None)
-        if cfg is None or not getattr(cfg, "max_tokens", None):
-            return None
-        room = self.k * int(cfg.max_tokens)
-        if getattr(cfg, "provider", None) == "local" and getattr(cfg, "n_ctx", None):
-            room = min(room, int(cfg.n_ctx) - estimate_tokens(messages) - _REPLY_MARGIN)
-        return max(int(cfg.max_tokens), room)
