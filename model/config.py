@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 from hydra.core.config_store import ConfigStore
 
 from model.data import LAYOUTS, MIN_VOCAB_SIZE, PRETOKENIZERS, DataConfig
-from model.gpt import VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig, flops_per_token
+from model.gpt import MLPS, NORMS, VALUE_EMBEDS, VE_GATE_CHANNELS, WINDOW_LETTERS, GPTConfig, flops_per_token
 from model.optim import EMBEDDING_DTYPES, MUON_VARIANTS, OptimConfig
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -66,7 +66,12 @@ class TrainConfig:
 
 # Settings added after runs were saved, with the value every run saved before them ran with.
 KEYS_ADDED = {"optim.muon": "optax", "data.pretokenizer": "bytelevel", "data.layout": "windows",
-              "optim.embedding_dtype": "float32"}  # fmt: skip
+              "optim.embedding_dtype": "float32",
+              # the structural menu: before it, every run was autoresearch's structure
+              "model.mlp": "relu2", "model.mlp_ratio": 4.0, "model.value_embeds": "alternate",
+              "model.mix_scalars": True, "model.qk_norm": True, "model.softcap": 15.0, "model.rope_base": 10000.0,
+              "model.tie_embeddings": False, "model.norm": "pre"}  # fmt: skip
+_ABSENT = object()
 
 
 def load_config(path) -> TrainConfig:
@@ -75,7 +80,7 @@ def load_config(path) -> TrainConfig:
 
     saved = OmegaConf.load(path)
     for key, value in KEYS_ADDED.items():
-        if OmegaConf.select(saved, key, default=None) is None:
+        if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT:  # a saved null (softcap off) stays null
             OmegaConf.update(saved, key, value, force_add=True)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
 
@@ -161,6 +166,12 @@ FIELD_RULES: dict[str, Rule] = {
     "model.seq_len": at_least(2),  # S layers look back seq_len // 2 tokens: at least one
     "model.vocab_size": at_least(MIN_VOCAB_SIZE, f"must be at least {MIN_VOCAB_SIZE} (256 bytes + the specials)"),
     "model.width": optional(at_least(VE_GATE_CHANNELS, _WIDTH_WHY), "for depth × aspect_ratio"),
+    "model.mlp": one_of(MLPS),
+    "model.mlp_ratio": Rule(lambda v: 0 < v <= 64, "must be in (0, 64]: the MLP's hidden width / model width", 0),
+    "model.value_embeds": one_of(VALUE_EMBEDS),
+    "model.softcap": optional(positive(), "for no soft cap"),
+    "model.rope_base": Rule(lambda v: v > 1, "must be > 1 (the rotary frequencies' base; 10000 is usual)", 1),
+    "model.norm": one_of(NORMS),
     "model.device_batch_size": POSITIVE_INT,
     "model.total_batch_size": POSITIVE_INT,
     "model.eval_tokens": POSITIVE_INT,

@@ -5,6 +5,10 @@ weights (also on queries and keys), ReLU² MLP, value embeddings mixed into the 
 layers through a learned gate, per-layer scalars mixing the residual stream with the first layer's input,
 logits soft-capped at 15, untied embeddings, no biases, and a sliding-window pattern per layer.
 
+Each of those choices is also a GPTConfig option (the structural menu a search may change), autoresearch's
+choice the default: `mlp` (relu2, gelu, swiglu) with `mlp_ratio`, `value_embeds` (alternate, all, none),
+`mix_scalars`, `qk_norm`, `softcap`, `rope_base`, `tie_embeddings`, `window_pattern` and `norm` (pre, sandwich).
+
 Shapes: B batch, T sequence, D model width, N heads, H head width, V vocabulary.
 """
 
@@ -19,9 +23,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-SOFTCAP = 15.0
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the layer input
 WINDOW_LETTERS = {"S", "L"}
+MLPS = ("relu2", "gelu", "swiglu")
+VALUE_EMBEDS = ("alternate", "all", "none")
+NORMS = ("pre", "sandwich")  # sandwich also normalizes each block's output before it joins the residual stream
 
 
 @dataclass
@@ -35,6 +41,16 @@ class GPTConfig:
     seq_len: int = 2048
     vocab_size: int = 8192
     width: Optional[int] = None  # an explicit model width overrides depth × aspect ratio
+    # Structure (autoresearch's choices by default).
+    mlp: str = "relu2"  # MLPS: the MLP's activation; swiglu adds a gate matrix
+    mlp_ratio: float = 4.0  # MLP hidden width / model width (8/3 gives swiglu relu2's parameter count)
+    value_embeds: str = "alternate"  # VALUE_EMBEDS: which layers mix a value embedding into attention's values
+    mix_scalars: bool = True  # per-layer learned scalars mixing the residual stream with the first layer's input
+    qk_norm: bool = True  # RMSNorm on queries and keys
+    softcap: Optional[float] = 15.0  # logits = softcap × tanh(logits / softcap); null: raw logits
+    rope_base: float = 10000.0  # rotary embeddings' frequency base
+    tie_embeddings: bool = False  # the output layer reuses the token embedding
+    norm: str = "pre"  # NORMS
 
     @property
     def model_dim(self) -> int:
@@ -56,31 +72,43 @@ def window_sizes(cfg: GPTConfig) -> list[int]:
     return sizes
 
 
-def has_value_embedding(layer: int, depth: int) -> bool:
-    """Value embeddings sit on alternating layers, always including the last one."""
-    return layer % 2 == (depth - 1) % 2
+def has_value_embedding(layer: int, cfg: GPTConfig) -> bool:
+    """Whether a layer has a value embedding: alternating layers ending with the last one (autoresearch), all or
+    none."""
+    if cfg.value_embeds == "alternate":
+        return layer % 2 == (cfg.depth - 1) % 2
+    return cfg.value_embeds == "all"
+
+
+def mlp_hidden(cfg: GPTConfig) -> int:
+    """The MLP's hidden width: mlp_ratio × model width, rounded, at least 1."""
+    return max(1, round(cfg.mlp_ratio * cfg.model_dim))
+
+
+def _matmul_params(cfg: GPTConfig) -> int:
+    """Weights of the per-token matrix multiplies: the blocks, the value-embedding gates and the output layer."""
+    d = cfg.model_dim
+    n_ve = sum(has_value_embedding(i, cfg) for i in range(cfg.depth))
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * mlp_hidden(cfg)
+    return cfg.depth * (4 * d * d + mlp) + n_ve * VE_GATE_CHANNELS * cfg.n_head + cfg.vocab_size * d
 
 
 def param_count(cfg: GPTConfig) -> int:
     """Number of parameters, by formula (the tests hold the module to it)."""
-    d, v, n_ve = cfg.model_dim, cfg.vocab_size, sum(has_value_embedding(i, cfg.depth) for i in range(cfg.depth))
-    embeddings = 2 * v * d + n_ve * v * d  # wte, lm_head, value embeddings (kv width = d: no grouped-query)
-    blocks = cfg.depth * 12 * d * d  # q, k, v, proj: 4d²; MLP: 8d²
-    gates = n_ve * VE_GATE_CHANNELS * cfg.n_head
-    scalars = 2 * cfg.depth  # resid_lambdas, x0_lambdas
-    return embeddings + blocks + gates + scalars
+    d, v = cfg.model_dim, cfg.vocab_size
+    n_ve = sum(has_value_embedding(i, cfg) for i in range(cfg.depth))
+    lookups = v * d * (n_ve + (0 if cfg.tie_embeddings else 1))  # wte unless it is the output layer; value embeds
+    scalars = 2 * cfg.depth if cfg.mix_scalars else 0  # resid_lambdas, x0_lambdas
+    return _matmul_params(cfg) + lookups + scalars
 
 
 def flops_per_token(cfg: GPTConfig) -> float:
     """Training FLOPs per token (forward + backward), autoresearch's estimate used for MFU.
 
-    6 per weight of every matrix multiply (embedding lookups are free), plus attention scores and values over
-    each layer's window: 12 × width × window per layer.
+    6 per weight of every matrix multiply (embedding lookups are free; a tied output layer is a multiply), plus
+    attention scores and values over each layer's window: 12 × width × window per layer.
     """
-    v, d = cfg.vocab_size, cfg.model_dim
-    n_ve = sum(has_value_embedding(i, cfg.depth) for i in range(cfg.depth))
-    matmul_params = param_count(cfg) - v * d * (1 + n_ve) - 2 * cfg.depth
-    return 6.0 * matmul_params + sum(12.0 * d * min(w, cfg.seq_len) for w in window_sizes(cfg))
+    return 6.0 * _matmul_params(cfg) + sum(12.0 * cfg.model_dim * min(w, cfg.seq_len) for w in window_sizes(cfg))
 
 
 def rms_norm(x: jax.Array) -> jax.Array:
@@ -123,7 +151,8 @@ class CausalSelfAttention(nnx.Module):
         init = _uniform(math.sqrt(3.0) * d**-0.5)  # uniform with std d^-0.5
         self.c_q, self.c_k, self.c_v = (_linear(d, d, init, dtype, rngs) for _ in range(3))
         self.c_proj = _linear(d, d, nnx.initializers.zeros, dtype, rngs)  # zero init: blocks start as identity
-        if has_value_embedding(layer, cfg.depth):
+        self.qk_norm = cfg.qk_norm
+        if has_value_embedding(layer, cfg):
             self.value_embed = _embed(cfg.vocab_size, d, init, dtype, rngs)
             self.ve_gate = _linear(VE_GATE_CHANNELS, self.n_head, nnx.initializers.zeros, dtype, rngs)
         else:
@@ -136,7 +165,9 @@ class CausalSelfAttention(nnx.Module):
         if self.value_embed is not None:
             gate = 2.0 * jax.nn.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # (B, T, N), 1 at init
             v = v + gate[..., None] * heads(self.value_embed(idx))
-        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
         # Query i sees keys i-window..i (flash-attention's window_size=(window, 0)); a full window is causal.
         local = (self.window, 0) if self.window < T else None
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)  # (B, T, N, H)
@@ -145,44 +176,66 @@ class CausalSelfAttention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: GPTConfig, dtype, rngs: nnx.Rngs):
-        d = cfg.model_dim
-        self.c_fc = _linear(d, 4 * d, _uniform(math.sqrt(3.0) * d**-0.5), dtype, rngs)
-        self.c_proj = _linear(4 * d, d, nnx.initializers.zeros, dtype, rngs)
+        d, hidden, init = cfg.model_dim, mlp_hidden(cfg), _uniform(math.sqrt(3.0) * cfg.model_dim**-0.5)
+        self.activation = cfg.mlp
+        self.c_fc = _linear(d, hidden, init, dtype, rngs)
+        self.c_gate = _linear(d, hidden, init, dtype, rngs) if cfg.mlp == "swiglu" else None
+        self.c_proj = _linear(hidden, d, nnx.initializers.zeros, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.c_proj(jnp.square(jax.nn.relu(self.c_fc(x))))  # ReLU²
+        h = self.c_fc(x)  # (B, T, hidden)
+        if self.activation == "relu2":
+            h = jnp.square(jax.nn.relu(h))
+        elif self.activation == "gelu":
+            h = jax.nn.gelu(h)
+        else:  # swiglu
+            h = jax.nn.silu(self.c_gate(x)) * h
+        return self.c_proj(h)
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: GPTConfig, layer: int, window: int, dtype, rngs: nnx.Rngs):
         self.attn = CausalSelfAttention(cfg, layer, window, dtype, rngs)
         self.mlp = MLP(cfg, dtype, rngs)
+        self.sandwich = cfg.norm == "sandwich"
+
+    def out_norm(self, y: jax.Array) -> jax.Array:
+        # Weightless, so a sandwich costs no parameters: it only rescales a sublayer's output to unit RMS.
+        return rms_norm(y) if self.sandwich else y
 
     def __call__(self, x, idx, cos, sin):
-        x = x + self.attn(rms_norm(x), idx, cos, sin)
-        return x + self.mlp(rms_norm(x))
+        x = x + self.out_norm(self.attn(rms_norm(x), idx, cos, sin))
+        return x + self.out_norm(self.mlp(rms_norm(x)))
 
 
 class GPT(nnx.Module):
     def __init__(self, cfg: GPTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg, self.dtype = cfg, dtype
         d, v = cfg.model_dim, cfg.vocab_size
-        self.wte = _embed(v, d, nnx.initializers.normal(1.0), dtype, rngs)
+        # The input side is normalized, so any scale works there; tied, the matrix starts as the output layer does
+        # (near-uniform predictions) and the optimizer treats it as the output layer (model.optim.param_group).
+        self.wte = _embed(v, d, nnx.initializers.normal(0.001 if cfg.tie_embeddings else 1.0), dtype, rngs)
         self.blocks = nnx.List([Block(cfg, i, w, dtype, rngs) for i, w in enumerate(window_sizes(cfg))])
-        self.lm_head = _linear(d, v, nnx.initializers.normal(0.001), dtype, rngs)
-        self.resid_lambdas = nnx.Param(jnp.ones((cfg.depth,), jnp.float32))
-        self.x0_lambdas = nnx.Param(jnp.full((cfg.depth,), 0.1, jnp.float32))
+        self.lm_head = None if cfg.tie_embeddings else _linear(d, v, nnx.initializers.normal(0.001), dtype, rngs)
+        if cfg.mix_scalars:
+            self.resid_lambdas = nnx.Param(jnp.ones((cfg.depth,), jnp.float32))
+            self.x0_lambdas = nnx.Param(jnp.full((cfg.depth,), 0.1, jnp.float32))
+        else:
+            self.resid_lambdas, self.x0_lambdas = None, None
 
     def __call__(self, idx: jax.Array) -> jax.Array:
-        """Token ids (B, T) -> soft-capped logits (B, T, V) in float32."""
+        """Token ids (B, T) -> logits (B, T, V) in float32, soft-capped unless cfg.softcap is None."""
         T = idx.shape[1]
-        cos, sin = rotary_tables(T, self.cfg.head_dim)
+        cos, sin = rotary_tables(T, self.cfg.head_dim, self.cfg.rope_base)
         x = x0 = rms_norm(self.wte(idx))  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = self.resid_lambdas[i].astype(x.dtype) * x + self.x0_lambdas[i].astype(x.dtype) * x0
+            if self.resid_lambdas is not None:
+                x = self.resid_lambdas[i].astype(x.dtype) * x + self.x0_lambdas[i].astype(x.dtype) * x0
             x = block(x, idx, cos, sin)
-        logits = self.lm_head(rms_norm(x)).astype(jnp.float32)  # (B, T, V)
-        return SOFTCAP * jnp.tanh(logits / SOFTCAP)
+        x = rms_norm(x)
+        logits = (self.wte.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)  # (B, T, V)
+        cap = self.cfg.softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
 def token_losses(model: GPT, tokens: jax.Array) -> jax.Array:

@@ -131,9 +131,16 @@ def _kernel_dims(updates):
     return jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(0, 1), updates)
 
 
-def param_group(path: tuple, leaf: jax.Array) -> str:
-    """Which optimizer group owns a parameter, from its path in the model."""
-    names = {getattr(k, "key", getattr(k, "name", k)) for k in path}
+def _names(path: tuple) -> set:
+    return {getattr(k, "key", getattr(k, "name", k)) for k in path}
+
+
+def param_group(path: tuple, leaf: jax.Array, tied: bool = False) -> str:
+    """Which optimizer group owns a parameter, from its path in the model; `tied`: the token embedding is also the
+    output layer, and learns as one (a step of embedding_lr there would swamp the logits)."""
+    names = _names(path)
+    if "wte" in names and tied:
+        return "unembedding"
     if "value_embed" in names or "wte" in names:
         return "embedding"
     if "lm_head" in names:
@@ -149,7 +156,8 @@ def param_group(path: tuple, leaf: jax.Array) -> str:
 
 def param_groups(params):
     """The pytree of group labels for `params`."""
-    return jax.tree_util.tree_map_with_path(param_group, params)
+    tied = not any("lm_head" in _names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: param_group(path, leaf, tied), params)
 
 
 def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransformationExtraArgs:

@@ -21,9 +21,9 @@ from tests.test_proposers import SPACE, record
 from tests.test_study import study_args
 
 BASE = source.base_model_text()
-# A real change: MLPs half as wide, and the parameter formula to match (the trainer reports it as num_params).
-HALF_MLP = (BASE.replace("_linear(d, 4 * d,", "_linear(d, 2 * d,").replace("_linear(4 * d, d,", "_linear(2 * d, d,")
-            .replace("blocks = cfg.depth * 12 * d * d", "blocks = cfg.depth * 8 * d * d"))  # fmt: skip
+# A real change: MLPs half as wide, the module and the parameter formula alike (the trainer reports num_params).
+HALF_WIDTH = "    return max(1, round(cfg.mlp_ratio * cfg.model_dim / 2))"
+HALF_MLP = BASE.replace("    return max(1, round(cfg.mlp_ratio * cfg.model_dim))", HALF_WIDTH)
 
 
 def tiny() -> Space:
@@ -50,7 +50,7 @@ def test_the_edited_source_round_trips_and_bad_edits_say_why():
         parse_reply("DESCRIPTION: I would make it deeper.")
     edit = source.describe(HALF_MLP, BASE)
     assert edit["sha256"] == hashlib.sha256(HALF_MLP.encode()).hexdigest()
-    assert "-        self.c_fc = _linear(d, 4 * d," in edit["diff"] and "+        self.c_fc = _linear(d, 2 * d," in edit["diff"]
+    assert "-    return max(1, round(cfg.mlp_ratio * cfg.model_dim))" in edit["diff"] and "+" + HALF_WIDTH in edit["diff"]
 
 
 def test_hill_climbing_keeps_the_best_edit_and_shows_every_result():
@@ -75,10 +75,10 @@ def test_hill_climbing_keeps_the_best_edit_and_shows_every_result():
     assert first.proposer == "agent_code" and first.meta["agent"]["text"] == HALF_MLP and first.params == d
     p.tell(record(1, first.params, 0.9, "agent_code", meta=first.meta))  # better: kept
     second = p.ask([])
-    assert "[KEPT] half-width MLP -> val_bpb=0.9000" in llm.prompts[1] and "2 * d" in llm.prompts[1]
+    assert "[KEPT] half-width MLP -> val_bpb=0.9000" in llm.prompts[1] and "model_dim / 2" in llm.prompts[1]
     p.tell(record(2, second.params, 1.2, "agent_code", meta=second.meta))  # worse: reverted
     third = p.ask([])
-    assert "[REVERTED] deeper -> val_bpb=1.2000" in llm.prompts[2] and "2 * d" in llm.prompts[2]
+    assert "[REVERTED] deeper -> val_bpb=1.2000" in llm.prompts[2] and "model_dim / 2" in llm.prompts[2]
     assert third.meta["agent"]["error"] == "the reply holds no ```python code block"
     assert third.meta["llm_turn"]["fallback"].startswith("unusable source")
     # replay from the journal's records alone: the same best source
@@ -155,16 +155,16 @@ def test_a_study_runs_each_edit_from_its_trial_folder_and_shows_failed_checks(tm
     assert [t.status for t in trials] == ["ok", "ok", "crashed", "crashed"], [t.error for t in trials]
     edited = trials[1]
     assert edited.meta["agent"]["sha256"] == hashlib.sha256(HALF_MLP.encode()).hexdigest()
-    assert "+        self.c_fc = _linear(d, 2 * d," in edited.meta["agent"]["diff"]
+    assert HALF_MLP != BASE and "+" + HALF_WIDTH in edited.meta["agent"]["diff"]
     assert (tmp_path / "trials/0001/src/model/gpt.py").read_text() == HALF_MLP
-    # it trained the copy: the parameters counted by the edited formula, 8 d² per block, not the installed 12 d²
+    # it trained the copy: the parameters counted by the edited formula, MLPs of 4 d² per block, not the installed 8 d²
     depth = d["DEPTH"]
     width = d["DEPTH"] * d["ASPECT_RATIO"]
     assert trials[0].result["num_params"] - edited.result["num_params"] == depth * 4 * width * width
     assert trials[2].error.startswith("source check: model/gpt.py: ") and trials[2].wall_seconds == 0.0
     assert trials[3].error == "source check: RuntimeError: no forward pass today"
     assert "[CRASHED] broken -> crashed: source check: model/gpt.py" in server.prompts[2]
-    assert "[KEPT] half-width MLP" in server.prompts[1] and "2 * d" in server.prompts[2]
+    assert "[KEPT] half-width MLP" in server.prompts[1] and "model_dim / 2" in server.prompts[2]
 
 
 @pytest.mark.skipif(llm_missing() is not None, reason=str(llm_missing()))

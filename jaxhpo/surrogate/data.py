@@ -21,6 +21,7 @@ from model.config import KEYS_ADDED, TrainConfig, get_field
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_SUCCESSES = 10  # fewer ok trials than this fit nothing worth optimizing against
+_ABSENT = object()
 
 
 def _measured(key: str, settings: Mapping[str, Any]) -> bool:
@@ -195,10 +196,12 @@ def check_covers(obs: Observations, space: Space, base: TrainConfig, trainer: Ma
         if key not in searched and not q.contains(value):
             raise SurrogateError(f"{key}={value!r} is outside what {obs.source} covers ({_extent(q)})")
     for key, value in trainer.items():
-        if key in covered or not _measured(key, trainer) or key not in obs.trainer:
+        # a key added since the data was measured had the value KEYS_ADDED gives (the data's id stays as it was)
+        measured = obs.trainer.get(key, KEYS_ADDED.get(key, _ABSENT))
+        if key in covered or not _measured(key, trainer) or measured is _ABSENT:
             continue
-        if obs.trainer[key] != value:
-            raise SurrogateError(f"{obs.source} was measured with {key}={obs.trainer[key]!r}, not {value!r}; use "
+        if measured != value:
+            raise SurrogateError(f"{obs.source} was measured with {key}={measured!r}, not {value!r}; use "
                                  "that setting or fit on data measured with yours")  # fmt: skip
 
 
