@@ -39,7 +39,7 @@ from jaxhpo.footprints import FootprintCache, oom_message
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
-from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options
+from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options, study_space
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.report import plot_convergence, summarize
@@ -76,7 +76,7 @@ class Study:
             cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
         )
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
-        self.space = Space.from_config(cfg.space, cfg.protocol.pow2_prior)
+        self.space = self._study_space(Space.from_config(cfg.space, cfg.protocol.pow2_prior))
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
         self._check_base()
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
@@ -96,6 +96,14 @@ class Study:
         if self.proposer.failure_model is not None and self.footprints.path is not None:
             self.proposer.failure_model.known_to_fail = self._known_to_fail
         self._warned_fallback = False
+
+    def _study_space(self, space: Space) -> Space:
+        """The space file's space, or the larger one the method searches (hybrid: with the model's structure)."""
+        try:
+            params = study_space(self.cfg.method.name, space.definition(), self.cfg.protocol)
+            return space if params == space.definition() else Space(space.name, params, self.cfg.protocol.pow2_prior)
+        except ValueError as e:  # an unknown method; a space the method cannot extend
+            raise StudyError(str(e)) from None
 
     def _known_to_fail(self, params: Mapping) -> bool:
         """Whether the pre-flight cache knows `params`'s shapes do not fit (what the proposers' failure model
@@ -313,6 +321,8 @@ class Study:
                         continue
                     if repairs:
                         trial.meta["repairs"] = repairs
+                    if "train_seed" in trial.meta:  # a rerun under another training seed (hybrid's noise)
+                        train_cfg.seed = int(trial.meta["train_seed"])
                     trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
                     if "agent" in trial.meta and (why := self._edit_fails(trial, trial_dir, train_cfg)):
                         now = time.time()  # an edit that cannot run: crashed, shown to the next prompt; not refused

@@ -9,6 +9,7 @@ from jaxhpo.proposers.agent_code import AgentCodeProposer
 from jaxhpo.proposers.base import Proposal, Proposer, penalized_values
 from jaxhpo.proposers.centaur import CentaurProposer
 from jaxhpo.proposers.cmaes import CMAESProposer
+from jaxhpo.proposers.hybrid import HybridProposer
 from jaxhpo.proposers.llambo import LLAMBOProposer
 from jaxhpo.proposers.llm import LLMProposer
 from jaxhpo.proposers.optuna_samplers import OptunaCMAESMethod, OptunaCMAESProposer, OptunaTPEProposer
@@ -24,7 +25,7 @@ PROPOSERS: dict[str, type[Proposer]] = {
     "random": RandomProposer, "tpe": TPEProposer, "cmaes": CMAESProposer, "llm": LLMProposer,
     "centaur": CentaurProposer, "sobol": SobolProposer, "optuna_tpe": OptunaTPEProposer,
     "optuna_cmaes": OptunaCMAESMethod, "smac": SMACProposer, "llambo": LLAMBOProposer,
-    "agent_code": AgentCodeProposer,
+    "agent_code": AgentCodeProposer, "hybrid": HybridProposer,
 }  # fmt: skip
 
 # Constructor arguments that are not user options: the LLM client of proposers with `uses_llm`, and the protocol.
@@ -51,6 +52,11 @@ def resolved_options(name: str, options: dict[str, Any], protocol: ProtocolConfi
     value: what the proposer runs with, so that a resume under the same protocol compares like with like."""
     defaults = _lookup(name, protocol).protocol_defaults
     return {k: getattr(protocol, defaults[k]) if v is None and k in defaults else v for k, v in options.items()}
+
+
+def study_space(name: str, params: dict, protocol: ProtocolConfig | None = None) -> dict[str, dict]:
+    """The space definition a study of method `name` searches, given its space file's (`Proposer.study_space`)."""
+    return _lookup(name, protocol).study_space(params)
 
 
 def make_proposer(name: str, space: Space, seed: int, llm: Any = None, protocol: ProtocolConfig | None = None,
@@ -82,8 +88,8 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "AgentCodeProposer", "CentaurProposer", "CMAESProposer", "LLAMBOProposer", "LLMProposer",
+    "PROPOSERS", "AgentCodeProposer", "CentaurProposer", "CMAESProposer", "HybridProposer", "LLAMBOProposer", "LLMProposer",
     "OptunaCMAESMethod", "OptunaCMAESProposer", "OptunaTPEProposer", "Proposal", "Proposer", "RandomProposer",
     "SMACProposer", "SobolProposer", "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values",
-    "proposer_options", "resolved_options",
+    "proposer_options", "resolved_options", "study_space",
 ]  # fmt: skip

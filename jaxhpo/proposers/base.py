@@ -57,6 +57,12 @@ class Proposer(ABC):
     # it before the first tell; None outside a study.
     workdir: Path | None = None
 
+    @classmethod
+    def study_space(cls, params: Mapping[str, Mapping]) -> dict[str, dict]:
+        """The space definition the study's trials are configurations of, given the space file's: the same, unless
+        the method searches more than numbers (hybrid adds the model's structure)."""
+        return {name: dict(spec) for name, spec in params.items()}
+
     def __init__(self, space: Space, seed: int, protocol: ProtocolConfig | None = None):
         self.space, self.seed = space, seed
         self.protocol = protocol or ProtocolConfig()  # the study's rules (jaxhpo.protocol), e.g. failure_value
