@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import yaml
 
-from jaxhpo import stats
+from jaxhpo import attribution, stats
 from jaxhpo.journal import JOURNAL_FILE, STATUSES, Journal, JournalError, TrialRecord
 from jaxhpo.protocol import NOT_RUN_PREFIX, charged_seconds
 from jaxhpo.space import box_id
@@ -586,6 +586,17 @@ def space_markdown(rows: Sequence[dict]) -> str:
     return markdown_table(header, body)
 
 
+def structures_markdown(studies: Sequence[StudyRun], root: Path) -> list[str]:
+    """For studies whose trials carry structures (method=hybrid): each one's structure tree and where its
+    improvement came from (jaxhpo.attribution); nothing otherwise."""
+    hybrid = [s for s in studies if attribution.has_structures(s.trials)]
+    if not hybrid:
+        return []
+    return ["## Structures", attribution.NOTES,
+            *(attribution.study_markdown(f"{s.label}, seed {s.seed} (`{s.path.relative_to(root)}`)", s.trials)
+              for s in hybrid)]  # fmt: skip
+
+
 def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
     """Every study found, one row each, including those with no finished trial yet; trials started and not
     finished are counted apart (a running study, or one stopped mid-trial)."""
@@ -737,6 +748,7 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         PROPOSER_NOTES,
         "## Search spaces",
         space_markdown(space_rows(studies)),
+        *structures_markdown(studies, root),
         "## Studies",
         studies_markdown(studies, root),
     ]

@@ -69,8 +69,8 @@ def check(choices: Mapping[str, Any]) -> dict[str, Any]:
         # the menu's own value, so that 15 and 15.0 are one structure and 1 is not true
         same = [v for v in option.values if v == value and isinstance(v, bool) == isinstance(value, bool)]
         if not same:
-            raise StructureError(f"structure option {name}={_show(value)} is not on the menu; choose one of: "
-                                 f"{', '.join(map(_show, option.values))}")  # fmt: skip
+            raise StructureError(f"structure option {name}={show(value)} is not on the menu; choose one of: "
+                                 f"{', '.join(map(show, option.values))}")  # fmt: skip
         full[name] = same[0]
     return full
 
@@ -101,7 +101,8 @@ def one_change_neighbours(choices: Mapping[str, Any]) -> Iterator[dict[str, Any]
                 yield {**full, name: value}
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A menu value as the prompt and the report write it: JSON, null for None."""
     return "null" if value is None else json.dumps(value, default=str)
 
 
@@ -130,3 +131,8 @@ def with_structure(params: Mapping[str, Mapping]) -> dict[str, dict]:
 def of_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The structure a configuration of a `with_structure` space builds (an option it lacks at its default)."""
     return check({name: params.get(param_name(name), o.default) for name, o in MENU.items()})
+
+
+def describe(changes: Mapping[str, Any]) -> str:
+    """Menu choices as `option=value, ...` (empty for none)."""
+    return ", ".join(f"{name}={show(value)}" for name, value in changes.items())

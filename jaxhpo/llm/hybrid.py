@@ -46,8 +46,8 @@ class StructureReply:
 
 
 def menu_text() -> str:
-    return "\n".join(f"- {name}: one of {', '.join(structure._show(v) for v in o.values)} "
-                     f"(default {structure._show(o.default)}): {o.means}" for name, o in structure.MENU.items())  # fmt: skip
+    return "\n".join(f"- {name}: one of {', '.join(structure.show(v) for v in o.values)} "
+                     f"(default {structure.show(o.default)}): {o.means}" for name, o in structure.MENU.items())  # fmt: skip
 
 
 def _range_text(p: Param) -> str:
@@ -59,7 +59,7 @@ def _range_text(p: Param) -> str:
 
 def _structure_line(s: StructureSummary, numeric: Space) -> str:
     changed = structure.changes({}, s.choices)
-    what = ", ".join(f"{k}={structure._show(v)}" for k, v in changed.items()) or "the default structure"
+    what = structure.describe(changed) or "the default structure"
     best = "no successful trial" if s.best_val_bpb is None else f"best val_bpb {s.best_val_bpb:.4f}"
     numbers = ", ".join(f"{n}={fmt_value(s.best_params[n])}" for n in numeric.names if n in s.best_params)
     return (f"- {s.structure_id} (parent {s.parent or '-'}): {what}; {s.trials} trials, {s.failures} failed, {best}"
