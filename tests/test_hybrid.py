@@ -14,6 +14,7 @@ from jaxhpo.proposers import make_proposer, study_space
 from jaxhpo.proposers.hybrid import FALLBACK, REPEAT
 from jaxhpo.space import Space
 from tests.conftest import REPO, run_cli
+from tests.llm_server import llm_missing
 from tests.test_agent_code import ScriptedServer
 from tests.test_proposers import record
 from tests.test_study import study_args
@@ -166,3 +167,20 @@ def test_a_study_of_the_real_gpt_changes_its_structure_and_resumes_without_askin
     # the second turn proposed swiglu again, already tried: the fallback rule's one-change neighbour ran
     assert "already tried" in turns[-1]["fallback"] and trials[4].meta["hybrid"]["parent"] in (ROOT, epoch0["structure_id"])
     assert "Architectures tried so far" in server.prompts[1] and epoch0["structure_id"] in server.prompts[1]
+
+
+@pytest.mark.skipif(llm_missing() is not None, reason=str(llm_missing()))
+def test_a_study_with_the_embedded_llm(tmp_path, data_cache, llm_server):
+    """SmolLM2-135M's reply, held to the schema by llama.cpp's grammar: a structure that ran, or a fallback whose
+    turn says why."""
+    proc = run_cli("jaxhpo", *study_args("hybrid", tmp_path, data_cache, "study.max_trials=4",
+                                         "method.options.repeats=1", f"llm.base_url={llm_server}"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        trials, turns = journal.trials(), journal.llm_turns()
+    first = trials[2]
+    print(first.proposer, first.meta["hybrid"]["structure"], turns[0]["fallback"], f"{turns[0]['latency_s']:.0f}s")
+    assert len(turns) == 1 and turns[0]["kind"] == "hybrid" and turns[0]["trial_number"] == 2
+    assert first.proposer in ("llm-structure", FALLBACK) and first.meta["hybrid"]["change"] == "structural"
+    assert (turns[0]["fallback"] is None) == (first.proposer == "llm-structure")
+    assert first.meta["hybrid"]["structure_id"] != ROOT and all(t.status == "ok" for t in trials)
