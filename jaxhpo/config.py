@@ -39,15 +39,21 @@ class MethodConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-TRAINERS = ("gpt", "surrogate")
+TRAINERS = ("gpt", "surrogate", "script")
 
 
 @dataclass
 class TrainerConfig:
     """The `trainer/` config group: what a trial is. gpt: the Flax GPT trained in a subprocess (jaxhpo.trial);
-    surrogate: models fitted on real trials answer it in milliseconds (jaxhpo.surrogate, settings in `surrogate`)."""
+    surrogate: models fitted on real trials answer it in milliseconds (jaxhpo.surrogate, settings in `surrogate`);
+    script: your training script, its constants set per trial (jaxhpo.script)."""
 
     name: str = "gpt"
+    path: Optional[str] = None  # script: the training script
+    args: list[str] = field(default_factory=list)  # script: its command-line arguments
+    python: Optional[str] = None  # script: the interpreter that runs it; None: the study's
+    cwd: Optional[str] = None  # script: its working directory; None: the script's folder
+    metric: str = "val_bpb"  # script: a name printed as `name: value`, or re:<regex> with the value as its group
 
 
 @dataclass

@@ -10,6 +10,8 @@ FLOPs), and took their ranges from a hand-written table (its Table 1). This does
 - Names from Table 1 get the study's range and the trainer config key they set in this project. Any other name
   gets a guessed range around the script's value, a `# TODO: check range` comment, and the key
   `TODO.<name>`, which no trainer has, so a study refuses the space until the user maps it to a real key.
+- `--trainer script` keys every parameter `script.NAME` instead: the script's own constant, which trainer=script
+  sets in each trial's copy of the script; then only the TODO ranges need a look.
 
 The result is a *draft* space YAML in the format of hydra_configs/space/autoresearch.yaml; read it before use.
 """
@@ -147,7 +149,7 @@ def _number(node: ast.expr) -> int | float:
     raise NotLiteral("not a literal (arithmetic on something other than numbers)")
 
 
-def _assignments(tree: ast.Module) -> Iterator[tuple[str, ast.expr, int]]:
+def assignments(tree: ast.Module) -> Iterator[tuple[str, ast.expr, int]]:
     """(name, value node, line) for each name bound directly in the module body by `=` or an annotated `=`."""
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign):
@@ -177,7 +179,7 @@ def scan(source: str, skip: Iterable[str] = ()) -> tuple[list[Found], list[Skipp
     skip = {s.strip().upper() for s in skip if s.strip()}
     found: dict[str, Found] = {}
     skipped: list[Skipped] = []
-    for name, node, line in _assignments(ast.parse(source)):
+    for name, node, line in assignments(ast.parse(source)):
         if not UPPER_CASE.fullmatch(name):
             skipped.append(Skipped(name, line, "not UPPER_CASE"))
         elif is_fixed(name, skip):
@@ -281,7 +283,7 @@ def guess_spec(f: Found) -> dict:
     return {"type": "float", **spec, "default": v}
 
 
-def draft_space(found: Iterable[Found], name: str) -> dict:
+def draft_space(found: Iterable[Found], name: str, trainer: str = "gpt") -> dict:
     """A space dict in the format of hydra_configs/space/*.yaml: `defaults`, `name` and `params` (Table 1
     entries where known, placeholders otherwise), plus `notes`: the end-of-line comment per parameter that
     `to_yaml` writes (not a key of the file). A parameter whose guessed spec would not load is left out with
@@ -294,11 +296,14 @@ def draft_space(found: Iterable[Found], name: str) -> dict:
             spec, note = known
         else:
             spec, note = guess_spec(f), "TODO: check range"
-            note += f"; set key to the trainer config key {f.name} sets"
+            if trainer == "gpt":
+                note += f"; set key to the trainer config key {f.name} sets"
             if f.name in KNOWN:
                 note += f" (its {f.kind} value does not fit Table 1's {KNOWN[f.name]['type']})"
             elif spec["type"] == "categorical" and len(spec["choices"]) == 1:
                 note += "; add alternatives to choices"
+        if trainer == "script":  # the script's own constant, whatever the built-in trainer calls it
+            spec["key"] = f"script.{f.name}"
         try:
             Space(name, {f.name: spec})
         except SpaceError as e:  # a guess that does not load: leave it out rather than write a broken file
@@ -366,6 +371,10 @@ def summary(path: str, space: dict, skipped: list[Skipped]) -> str:
     todo = [n for n, s in params.items() if str(s["key"]).startswith(TODO_KEY)]
     head = (f"{PROG}: {path}: {len(params)} hyperparameters: {len(params) - len(todo)} from Table 1, "
             f"{len(todo)} placeholder{'' if len(todo) == 1 else 's'}")
+    if all(str(s["key"]).startswith("script.") for s in params.values()):  # --trainer script: no placeholder keys
+        guessed = [n for n in params if notes.get(n, "").startswith("TODO")]
+        head = (f"{PROG}: {path}: {len(params)} hyperparameters: {len(params) - len(guessed)} with Table 1's range, "
+                f"{len(guessed)} with a guessed one")
     if todo:
         head += f" ({_listing(todo)}): set each TODO key before running"
     out = [head]
@@ -385,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="write the draft space YAML here (default: stdout)")
     parser.add_argument("--name", help="the space's name (default: the script's file name without .py)")
     parser.add_argument("--skip", default="", help="more fixed names to leave out, comma-separated: A,B")
+    parser.add_argument("--trainer", choices=("gpt", "script"), default="gpt",
+                        help="whose keys: the built-in trainer's (model.depth, ...) or the script's own constants "
+                             "(script.NAME, for trainer=script)")  # fmt: skip
     args = parser.parse_args(argv)
 
     def fail(message: str) -> int:
@@ -407,12 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         return fail(f"{path}: no UPPER_CASE module-level literal assignments (NAME = 0.1) to tune")
 
-    space = draft_space(found, args.name or path.stem)
+    space = draft_space(found, args.name or path.stem, args.trainer)
     if not space["params"]:
         return fail(f"{path}: no parameter could be drafted:{space['notes'].get('', '')}".rstrip(";"))
     header = (f"Draft search space extracted from {path.name} by `python -m {PROG}`.\n"
               "Ranges and keys come from the study's Table 1 where the name is known; lines marked TODO are\n"
               "guesses with a placeholder key (TODO.<name>) that a study rejects until you set the real key.")
+    if args.trainer == "script":
+        header = (f"Draft search space extracted from {path.name} by `python -m {PROG} --trainer script`: each key\n"
+                  f"script.NAME sets the constant NAME of the script (trainer=script trainer.path={path}).\n"
+                  "Ranges come from the study's Table 1 where the name is known; lines marked TODO are guesses.")
     text = to_yaml(space, header)
     if args.output:
         out = Path(args.output)

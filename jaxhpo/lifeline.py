@@ -8,7 +8,9 @@ parent is still the one that started us (it may have died before the signal was 
 MODULE as `__main__`. This module imports nothing but the standard library on purpose.
 
 `--path DIR` puts DIR first on the import path before MODULE runs, so that a trainer's edited copy in a trial
-folder (`jaxhpo.source`) is imported instead of the installed package.
+folder (`jaxhpo.source`) is imported instead of the installed package. `--run-path SCRIPT ARGS...` runs a script
+as `python SCRIPT ARGS` would (trainer=script); the module is then run by its file path, so that an interpreter
+without jaxhpo installed can run it.
 
 On other systems than Linux the module is run without the link.
 """
@@ -22,6 +24,7 @@ import signal
 import sys
 
 PARENT_ENV = "JAXHPO_PARENT_PID"  # the pid of the process the child must die with
+MEMORY_ENV = "JAXHPO_RLIMIT_AS"  # --run-path: the address-space limit, in bytes, to run the script under
 _PR_SET_PDEATHSIG = 1
 
 
@@ -43,6 +46,16 @@ def arm() -> None:
 
 def _main(argv: list[str]) -> None:
     arm()
+    if argv[:1] == ["--run-path"] and len(argv) > 1:  # a script (trainer=script), as `python SCRIPT ARGS` runs it
+        if os.environ.get(MEMORY_ENV):  # here, not in a pre-exec hook: forking a threaded study must not run code
+            import resource
+
+            limit = int(os.environ.pop(MEMORY_ENV))
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        sys.argv = argv[1:]
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[1]))  # not this file's folder: jaxhpo's own modules
+        runpy.run_path(argv[1], run_name="__main__")
+        return
     if argv[:1] == ["--path"] and len(argv) > 1:
         sys.path.insert(0, argv[1])
         argv = argv[2:]

@@ -32,7 +32,7 @@ from typing import Mapping
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from jaxhpo import source
+from jaxhpo import script, source
 from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.footprints import FILE as FOOTPRINTS
 from jaxhpo.footprints import FootprintCache, oom_message
@@ -48,6 +48,7 @@ from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, l
 from jaxhpo.surrogate.model import Surrogate, fitted
 from jaxhpo.trial import (
     Outcome,
+    _study_has_gpu,
     check_space_keys,
     check_space_values,
     refused,
@@ -78,7 +79,9 @@ class Study:
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
         self.space = self._study_space(Space.from_config(cfg.space, cfg.protocol.pow2_prior))
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
-        self._check_base()
+        self.script = self._script() if cfg.trainer.name == "script" else None
+        if self.script is None:
+            self._check_base()
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
         self.method = cfg.method.name
         try:
@@ -86,11 +89,11 @@ class Study:
                                                     **cfg.method.options)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
-        if self.proposer.edits_source and self.surrogate is not None:
-            raise StudyError(f"method {self.method} edits the trainer's source, and trainer=surrogate has none: "
-                             "use trainer=gpt")  # fmt: skip
-        # A surrogate has no pre-flight; an edited trainer's footprint is not its configuration's.
-        footprints = self.trial.footprint_cache and self.surrogate is None and not self.proposer.edits_source
+        if self.proposer.edits_source and cfg.trainer.name != "gpt":
+            raise StudyError(f"method {self.method} edits the built-in trainer's source, and trainer="
+                             f"{cfg.trainer.name} has none: use trainer=gpt")  # fmt: skip
+        # A surrogate or a script has no pre-flight; an edited trainer's footprint is not its configuration's.
+        footprints = (self.trial.footprint_cache and cfg.trainer.name == "gpt" and not self.proposer.edits_source)
         self.footprints = FootprintCache(Path(self.trial.compile_cache_dir) / FOOTPRINTS if footprints else None,
                                          warn=lambda line: self.console.print(line, highlight=False))  # fmt: skip
         if self.proposer.failure_model is not None and self.footprints.path is not None:
@@ -114,7 +117,9 @@ class Study:
         return cfg is not None and self.footprints.predicted_oom(cfg) is not None
 
     def _train_config(self, params: Mapping) -> TrainConfig | None:
-        """The trainer's config for `params` (repaired), None for one the trainer refuses."""
+        """The trainer's config for `params` (repaired), None for one the trainer refuses (or a script's)."""
+        if self.script is not None:
+            return None
         try:
             return trial_config(self.base, self.space, params, self.trial)[0]
         except ValueError:
@@ -145,7 +150,26 @@ class Study:
         except SurrogateError as e:
             raise StudyError(str(e)) from None
 
+    def _script(self) -> script.ScriptJob:
+        """trainer=script: the script read once, its constants checked against the space (a job without values)."""
+        t = self.cfg.trainer
+        try:
+            if self.trial.executor != "local":
+                raise script.ScriptError("trainer=script runs its trials locally: set trial.executor=local")
+            return script.study_job(t.path, self.space, t.args, t.python, t.cwd, t.metric, self.trial,
+                                    no_gpu=not _study_has_gpu())  # fmt: skip
+        except script.ScriptError as e:
+            raise StudyError(str(e)) from None
+
+    def _job(self, params: Mapping) -> tuple[TrainConfig | script.ScriptJob, list[str]]:
+        """What a trial of `params` runs, and a note per repair; ValueError (one line) for a refused one."""
+        if self.script is not None:
+            return self.script.with_values(self.space, params), []
+        return trial_config(self.base, self.space, params, self.trial)
+
     def _pool(self) -> WorkerPool:
+        if self.script is not None:
+            return WorkerPool(self.cfg.study.workers, self.trial, self.run_dir, run=script.run)
         if self.surrogate is None:
             return WorkerPool(self.cfg.study.workers, self.trial, self.run_dir)
         # A surrogate trial is a prediction in this process, wherever real trials would run.
@@ -172,7 +196,7 @@ class Study:
                     f"resuming: {len(history)} finished trials read from {journal.path}"
                     + (f"; running the {len(interrupted)} interrupted again" if interrupted else "")
                 )
-            if self.surrogate is None:  # tokenizer and token shards built once here, not in the first trial's time
+            if self.cfg.trainer.name == "gpt":  # tokenizer and token shards built once here, not in the first trial's time
                 load_corpus(self.cfg.data, self.cfg.model.vocab_size)
             try:
                 self._loop(pool, journal, history, interrupted)
@@ -224,6 +248,10 @@ class Study:
 
     def _trainer_flat(self) -> dict:
         trial = self.cfg.trial
+        if self.script is not None:  # the script (its text's hash: an edited script is another trainer) and its run
+            return {"trainer.path": str(Path(self.script.path).resolve()), "trainer.sha256": script.sha256(self.script.text),
+                    "trainer.args": list(self.script.args), "trainer.metric": self.script.metric,
+                    "trial.memory_limit_gb": trial.memory_limit_gb}  # fmt: skip
         flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})
         flat.pop("data.cache_dir")  # where the token shards are cached changes nothing they contain
         flat.update({"trial.time_budget_s": trial.time_budget_s, "trial.memory_limit_gb": trial.memory_limit_gb,
@@ -308,12 +336,12 @@ class Study:
                         stop = self._refusal_stop(history)
                         continue
                     try:
-                        train_cfg, repairs = trial_config(self.base, self.space, trial.params, self.trial)
+                        train_cfg, repairs = self._job(trial.params)
                     except ValueError as e:  # ConfigError, or a value the trainer's schema rejects: never run
                         self._finish(journal, trial, refused(str(e).splitlines()[0], time.time()), history)
                         stop = self._refusal_stop(history)  # refusals cost no time: the budget never ends them
                         continue
-                    if (footprint := self.footprints.predicted_oom(train_cfg)) is not None:  # a known shape
+                    if self.script is None and (footprint := self.footprints.predicted_oom(train_cfg)) is not None:
                         now = time.time()
                         result = {"predicted": True, "cached": True, "preflight": footprint}
                         self._finish(journal, trial, Outcome("oom", None, oom_message(footprint), 0.0, now, now,
