@@ -39,21 +39,24 @@ class MethodConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-TRAINERS = ("gpt", "surrogate", "script")
+TRAINERS = ("gpt", "surrogate", "script", "python")
 
 
 @dataclass
 class TrainerConfig:
     """The `trainer/` config group: what a trial is. gpt: the Flax GPT trained in a subprocess (jaxhpo.trial);
     surrogate: models fitted on real trials answer it in milliseconds (jaxhpo.surrogate, settings in `surrogate`);
-    script: your training script, its constants set per trial (jaxhpo.script)."""
+    script: your training script, its constants set per trial; python: your function, called per trial in a
+    subprocess (both jaxhpo.script)."""
 
     name: str = "gpt"
     path: Optional[str] = None  # script: the training script
     args: list[str] = field(default_factory=list)  # script: its command-line arguments
     python: Optional[str] = None  # script: the interpreter that runs it; None: the study's
     cwd: Optional[str] = None  # script: its working directory; None: the script's folder
-    metric: str = "val_bpb"  # script: a name printed as `name: value`, or re:<regex> with the value as its group
+    target: Optional[str] = None  # python: package.module:function, called as function(config, budget) -> metrics
+    metric: str = "val_bpb"  # script: a name printed as `name: value`, or re:<regex> with the value as its group;
+    # python: the key of the returned dict
 
 
 @dataclass

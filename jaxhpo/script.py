@@ -25,6 +25,7 @@ import ast
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import math
 import os
 import re
@@ -44,6 +45,7 @@ from jaxhpo.space import Space
 from jaxhpo.trial import Outcome, _kill, _wait
 
 KEY_PREFIX = "script."
+CONFIG_PREFIX = "config."  # trainer=python: a key of the config dict the target is called with
 SCRIPT_FILE = "train.py"
 OUTPUT_FILE = "train.log"
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "OutOfMemoryError", "CUDA out of memory", "MemoryError")
@@ -65,14 +67,17 @@ class ScriptJob:
     python: str = sys.executable
     cwd: str | None = None
     metric: str = "val_bpb"
-    memory_limit_gb: float | None = None
-
-
+    memory_limit_gb: float | None = None  # an address-space limit (applied where there is no GPU)
     timeout_s: float = 360.0
+    home: str | None = None  # first on its import path, and the default working directory; None: the script's folder
+    calls: bool = False  # trainer=python: the text is a runner that calls the target with CONFIG
 
     def with_values(self, space: Space, params: Mapping[str, Any]) -> "ScriptJob":
         """This job for one configuration of `space` (whose keys are script.NAME); a "true"/"false" choice of a
         constant the script holds as a bool is that bool (a space file's choices are strings)."""
+        if self.calls:
+            config = {p.key[len(CONFIG_PREFIX):]: params[p.name] for p in space.params}
+            return dataclasses.replace(self, values={"CONFIG": config})
         originals = literals(self.text)
         values = {}
         for p in space.params:
@@ -83,11 +88,25 @@ class ScriptJob:
         return dataclasses.replace(self, values=values)
 
 
-def study_job(path: str | None, space: Space, args, python: str | None, cwd: str | None, metric: str, trial: Any,
-              no_gpu: bool) -> ScriptJob:  # fmt: skip
-    """A study's job (`trial`: its TrialConfig): the script read and checked against the space (every key
-    script.NAME, every NAME a constant of the script), the metric checked; ScriptError (one line) otherwise. The
-    memory limit applies only with `no_gpu`: an address-space limit breaks CUDA's reservations."""
+def study_job(trainer: Any, space: Space, trial: Any, budget: Mapping[str, Any], no_gpu: bool) -> ScriptJob:
+    """A study's job (`trainer`: its TrainerConfig, `trial`: its TrialConfig, `budget`: what trainer=python's target
+    is given): the script read and checked against the space (every key script.NAME, every NAME a constant of the
+    script), or the target checked importable (every key config.NAME); the metric checked; ScriptError (one line)
+    otherwise. The memory limit applies only with `no_gpu`: an address-space limit breaks CUDA's reservations."""
+    job = _python_job(trainer.target, space, budget) if trainer.name == "python" else _script_job(trainer.path, space)
+    check_metric(trainer.metric)
+    if trainer.python is not None and not shutil.which(trainer.python):
+        raise ScriptError(f"trainer.python={trainer.python}: no such interpreter")
+    if trainer.cwd is not None and not Path(trainer.cwd).is_dir():
+        raise ScriptError(f"trainer.cwd={trainer.cwd}: no such folder")
+    return dataclasses.replace(
+        job, args=tuple(trainer.args), python=trainer.python or sys.executable, cwd=trainer.cwd, metric=trainer.metric,
+        memory_limit_gb=trial.memory_limit_gb if no_gpu else None,
+        timeout_s=trial.timeout_s or 3 * trial.time_budget_s + 300,  # the built-in trainer's rule
+    )  # fmt: skip
+
+
+def _script_job(path: str | None, space: Space) -> ScriptJob:
     if not path:
         raise ScriptError("trainer=script needs the script: trainer.path=train.py")
     file = Path(path).expanduser()
@@ -103,14 +122,43 @@ def study_job(path: str | None, space: Space, args, python: str | None, cwd: str
         if name not in defined:
             raise ScriptError(f"space parameter {p.name} sets {p.key}, and {file.name} defines no constant {name} "
                               "(a module-level `NAME = <literal>`)")  # fmt: skip
-    check_metric(metric)
-    if python is not None and not shutil.which(python):
-        raise ScriptError(f"trainer.python={python}: no such interpreter")
-    if cwd is not None and not Path(cwd).is_dir():
-        raise ScriptError(f"trainer.cwd={cwd}: no such folder")
-    timeout = trial.timeout_s or 3 * trial.time_budget_s + 300  # the built-in trainer's rule
-    return ScriptJob(str(file), text, {}, tuple(args), python or sys.executable, cwd, metric,
-                     trial.memory_limit_gb if no_gpu else None, timeout)  # fmt: skip
+    return ScriptJob(str(file), text, {}, home=str(file.resolve().parent))
+
+
+# trainer=python's trial program: calls the target with the trial's configuration and the budget, prints its metrics.
+RUNNER = '''"""jaxhpo trainer=python: calls {target} with this trial's configuration."""
+import importlib
+
+CONFIG = {{}}
+BUDGET = {budget!r}
+module, _, name = {target!r}.partition(":")
+metrics = getattr(importlib.import_module(module), name)(CONFIG, BUDGET)
+for key, value in dict(metrics).items():
+    print(f"{{key}}: {{value}}")
+'''
+
+
+def _python_job(target: str | None, space: Space, budget: Mapping[str, Any]) -> ScriptJob:
+    module, _, name = (target or "").partition(":")
+    if not module or not name:
+        raise ScriptError(f"trainer.target={target!r}: give package.module:function (trainer=python)")
+    home = os.getcwd()  # where the study runs: the target imports from there, as it does here
+    try:
+        sys.path.insert(0, home)
+        function = getattr(importlib.import_module(module), name)
+    except Exception as e:  # the user's module: any error while importing it is its own
+        raise ScriptError(f"trainer.target={target}: cannot import it ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
+    finally:
+        sys.path.remove(home)
+    if not callable(function):
+        raise ScriptError(f"trainer.target={target}: {name} is not a function")
+    for p in space.params:
+        if not p.key.startswith(CONFIG_PREFIX):
+            raise ScriptError(f"space parameter {p.name} sets {p.key}; under trainer=python a key is config.NAME, "
+                              "NAME the key of the config dict the target receives")  # fmt: skip
+    text = RUNNER.format(target=target, budget=dict(budget))
+    return ScriptJob(f"{home}/{SCRIPT_FILE}", text, {}, home=home, calls=True)
 
 
 @dataclass
@@ -229,7 +277,7 @@ def run(job: ScriptJob, trial_dir: Path, timeout_s: float | None = None, env: Ma
     trial_dir.mkdir(parents=True, exist_ok=True)
     script = trial_dir / SCRIPT_FILE
     script.write_text(inject(job.text, job.values))
-    home = str(Path(job.path).resolve().parent)
+    home = job.home or str(Path(job.path).resolve().parent)
     path = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [job.python, lifeline.__file__, "--run-path", str(script), *job.args]
     started = time.time()

@@ -79,7 +79,7 @@ class Study:
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
         self.space = self._study_space(Space.from_config(cfg.space, cfg.protocol.pow2_prior))
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
-        self.script = self._script() if cfg.trainer.name == "script" else None
+        self.script = self._script() if cfg.trainer.name in ("script", "python") else None
         if self.script is None:
             self._check_base()
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
@@ -151,13 +151,16 @@ class Study:
             raise StudyError(str(e)) from None
 
     def _script(self) -> script.ScriptJob:
-        """trainer=script: the script read once, its constants checked against the space (a job without values)."""
+        """trainer=script|python: the script read once (or the target checked), the space checked against it: the
+        study's job, without values yet."""
         t = self.cfg.trainer
         try:
             if self.trial.executor != "local":
-                raise script.ScriptError("trainer=script runs its trials locally: set trial.executor=local")
-            return script.study_job(t.path, self.space, t.args, t.python, t.cwd, t.metric, self.trial,
-                                    no_gpu=not _study_has_gpu())  # fmt: skip
+                raise script.ScriptError(f"trainer={t.name} runs its trials locally: set trial.executor=local")
+            budget = {"unit": resolve_budget(self.trial), "time_s": self.trial.time_budget_s,
+                      "flops": self.trial.budget_flops, "tokens": self.trial.budget_tokens,
+                      "steps": self.trial.budget_steps}  # fmt: skip
+            return script.study_job(t, self.space, self.trial, budget, no_gpu=not _study_has_gpu())
         except script.ScriptError as e:
             raise StudyError(str(e)) from None
 
@@ -250,6 +253,7 @@ class Study:
         trial = self.cfg.trial
         if self.script is not None:  # the script (its text's hash: an edited script is another trainer) and its run
             return {"trainer.path": str(Path(self.script.path).resolve()), "trainer.sha256": script.sha256(self.script.text),
+                    "trainer.target": self.cfg.trainer.target,
                     "trainer.args": list(self.script.args), "trainer.metric": self.script.metric,
                     "trial.memory_limit_gb": trial.memory_limit_gb}  # fmt: skip
         flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})

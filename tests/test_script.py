@@ -178,3 +178,38 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, says):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run/journal.sqlite").exists()
+
+
+PYTHON = ["trainer=python", "trainer.target=examples.toy.train:fit", "trainer.metric=val_loss",
+          f"--config-dir={REPO / 'examples/toy'}", "space=toy_python"]  # fmt: skip
+
+
+def test_a_function_is_tuned_end_to_end(tmp_path):
+    """trainer=python: the same toy as a function, called in each trial's subprocess with its config."""
+    proc = run_cli("jaxhpo", "+method=random", *PYTHON, "study.max_trials=5", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    assert trials[0].status == "ok" and trials[0].val_bpb == pytest.approx(0.0441, abs=0.002)  # the script's default
+    assert {t.status for t in trials} <= {"ok", "diverged"}
+    runner = (tmp_path / "trials/0002/train.py").read_text()
+    assert f"'LEARNING_RATE': {trials[2].params['LEARNING_RATE']!r}" in runner and "'unit': 'flops'" in runner
+
+
+def test_a_failing_function_is_a_crashed_trial_and_bad_targets_are_refused(tmp_path):
+    (tmp_path / "mine.py").write_text("def train(config, budget):\n    raise RuntimeError('no data here')\n"
+                                      "NOT_A_FUNCTION = 3\n")  # fmt: skip
+    (tmp_path / "space").mkdir()
+    (tmp_path / "space/s.yaml").write_text(json.dumps({"name": "s", "params": {
+        "X": {"type": "float", "key": "config.X", "low": 0.0, "high": 1.0, "default": 0.5}}}))  # fmt: skip
+    base = ["+method=random", "trainer=python", f"--config-dir={tmp_path}", "space=s", "study.max_trials=1"]
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cli("jaxhpo", *base, "trainer.target=mine:train", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "run/journal.sqlite", readonly=True) as journal:
+        (trial,) = journal.trials()
+    assert trial.status == "crashed" and "RuntimeError: no data here" in trial.error
+    for target, says in (("nowhere:train", "trainer.target=nowhere:train: cannot import it (ModuleNotFoundError"),
+                         ("mine", "give package.module:function"), ("mine:NOT_A_FUNCTION", "is not a function")):
+        proc = run_cli("jaxhpo", *base, f"trainer.target={target}", f"hydra.run.dir={tmp_path / target}", env=env)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
