@@ -37,6 +37,7 @@ from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.footprints import FILE as FOOTPRINTS
 from jaxhpo.footprints import FootprintCache, oom_message
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
+from jaxhpo.live import LiveStatus
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options, study_space
@@ -324,15 +325,18 @@ class Study:
         running: dict[int, PendingTrial] = {}
         rerun = {p.number for p in interrupted}  # already journaled as pending
         stop = self._refusal_stop(history)  # a resumed study that had stopped stops again at once
-        with self.console.status("") as status:
+        live = LiveStatus(history, running, self.cfg.study.max_trials, self.cfg.study.budget_s,
+                          lambda: self._spent(history))  # fmt: skip
+        with self.console.status(live):
             while True:
                 while pool.free and not stop and (interrupted or not self._done(history, running)):
                     if interrupted:
                         trial = interrupted.pop(0)
                     else:
                         number = journal.next_number()
-                        status.update(self._running_text(running, f"asking {self.method} for trial {number}"))
+                        live.doing = f"asking {self.method} for trial {number}"
                         trial = self._ask(number, history, running)
+                        live.doing = ""
                     if (reason := trial.meta.pop("not_run", None)) is not None:  # lost to its LLM call (paper)
                         now = time.time()
                         self._finish(journal, trial, Outcome("crashed", None, NOT_RUN_PREFIX + reason, 0.0, now, now),
@@ -368,14 +372,12 @@ class Study:
                         journal.start(trial)
                     pool.start(trial.number, train_cfg, trial_dir, self.trial.timeout_s)
                     running[trial.number] = trial
-                    status.update(self._running_text(running))
                 if not running:
                     if stop:
                         raise StudyError(stop)
                     return
                 for number, outcome in pool.wait():
                     self._finish(journal, running.pop(number), outcome, history)
-                status.update(self._running_text(running))
 
     def _refusal_stop(self, history: list[TrialRecord]) -> str | None:
         """Why the study must stop, once the last `study.max_consecutive_refusals` finished trials were all refused
@@ -443,14 +445,6 @@ class Study:
         self.proposer.tell(record)
         history.append(record)
         self._show(record, history, trial.llm_turn)
-
-    @staticmethod
-    def _running_text(running: dict[int, PendingTrial], doing: str = "") -> str:
-        parts = [f"{doing}…"] if doing else []
-        if running:
-            trials = ", ".join(f"{n} ({p.proposer})" for n, p in sorted(running.items()))
-            parts.append(f"trial{'s' if len(running) > 1 else ''} {trials} training…")
-        return "; ".join(parts)
 
     def _show(self, record: TrialRecord, history: list[TrialRecord], llm_turn: dict | list | None) -> None:
         calls = llm_turn if isinstance(llm_turn, list) else [llm_turn] if llm_turn else []
