@@ -77,13 +77,18 @@ TOY = ["trainer=script", f"trainer.path={REPO / 'examples/toy/train.py'}", "trai
        f"--config-dir={REPO / 'examples/toy'}", "space=toy"]  # fmt: skip
 
 
-def test_the_example_is_tuned_end_to_end(tmp_path):
-    proc = run_cli("jaxhpo", "+method=tpe", *TOY, "study.max_trials=12", f"hydra.run.dir={tmp_path}")
+def toy_study(tmp_path, method: str, trainer: list[str], n: int) -> list:
+    """A study of the toy's n trials; every one trained (a learning rate near 1 with relu diverges: an outcome)."""
+    proc = run_cli("jaxhpo", f"+method={method}", *trainer, f"study.max_trials={n}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
         trials = journal.trials()
-    # a learning rate near 1 with relu diverges: an outcome like any other
-    assert len(trials) == 12 and {t.status for t in trials} <= {"ok", "diverged"}, [t.error for t in trials]
+    assert len(trials) == n and {t.status for t in trials} <= {"ok", "diverged"}, [t.error for t in trials]
+    return trials
+
+
+def test_the_example_is_tuned_end_to_end(tmp_path):
+    trials = toy_study(tmp_path, "tpe", TOY, 12)
     assert min(t.val_bpb for t in trials if t.status == "ok") < trials[0].val_bpb  # better than the default found
     copy = (tmp_path / "trials/0003/train.py").read_text()
     assert f"LEARNING_RATE = {trials[3].params['LEARNING_RATE']!r}" in copy
@@ -186,12 +191,8 @@ PYTHON = ["trainer=python", "trainer.target=examples.toy.train:fit", "trainer.me
 
 def test_a_function_is_tuned_end_to_end(tmp_path):
     """trainer=python: the same toy as a function, called in each trial's subprocess with its config."""
-    proc = run_cli("jaxhpo", "+method=random", *PYTHON, "study.max_trials=5", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
-        trials = journal.trials()
+    trials = toy_study(tmp_path, "random", PYTHON, 5)
     assert trials[0].status == "ok" and trials[0].val_bpb == pytest.approx(0.0441, abs=0.002)  # the script's default
-    assert {t.status for t in trials} <= {"ok", "diverged"}
     runner = (tmp_path / "trials/0002/train.py").read_text()
     assert f"'LEARNING_RATE': {trials[2].params['LEARNING_RATE']!r}" in runner and "'unit': 'flops'" in runner
 
