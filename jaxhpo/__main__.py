@@ -22,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "hydra_configs"
-GROUPS = ("method", "model", "space", "data", "llm", "protocol", "trainer")  # the swappable parts; a method must be chosen
+GROUPS = ("method", "model", "space", "data", "llm", "protocol", "trainer", "logger")  # the swappable parts; a method must be chosen
 EXIT_BAD_INPUT = 2
 _where: dict[str, str] = {}  # the running study's run folder (and grid folder), for the message after a Ctrl-C
 

@@ -59,6 +59,18 @@ class TrainerConfig:
     # python: the key of the returned dict
 
 
+LOGGERS = ("none", "mlflow")
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger/` config group: where a study's trials are also logged (jaxhpo.mlflow_logger)."""
+
+    name: str = "none"
+    tracking_uri: Optional[str] = None  # mlflow: None = sqlite:///<run dir>/mlflow.db
+    experiment: str = "jaxhpo"  # mlflow: the experiment the study's run goes to
+
+
 @dataclass
 class SurrogateConfig:
     """trainer=surrogate: the real trials it is fitted on (a table, or journals in its place) and its models."""
@@ -99,6 +111,7 @@ class StudyConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)  # jaxhpo's rules, or the study's (paper)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)  # used only by trainer=surrogate
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
 
 
@@ -136,6 +149,7 @@ STUDY_RULES: dict[str, Rule] = {
     "trial.submitit.mem_gb": optional(positive(), "for the cluster's default"),
     "seed": FIELD_RULES["seed"],
     "trainer.name": one_of(TRAINERS),
+    "logger.name": one_of(LOGGERS),
     "surrogate.regressor": one_of(REGRESSORS),
     "surrogate.classifier": one_of(CLASSIFIERS),
     "surrogate.noise_std": optional(non_negative(" val_bpb"), "to measure it from the data"),

@@ -38,6 +38,7 @@ from jaxhpo.footprints import FILE as FOOTPRINTS
 from jaxhpo.footprints import FootprintCache, oom_message
 from jaxhpo.journal import JOURNAL_FILE, Journal, PendingTrial, TrialRecord
 from jaxhpo.live import LiveStatus
+from jaxhpo.mlflow_logger import make_logger
 from jaxhpo.llm.client import LLMError
 from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options, study_space
@@ -100,6 +101,10 @@ class Study:
         if self.proposer.failure_model is not None and self.footprints.path is not None:
             self.proposer.failure_model.known_to_fail = self._known_to_fail
         self._warned_fallback = False
+        try:
+            self.logger = make_logger(cfg.logger, self.run_dir, warn=lambda line: self.console.print(line, highlight=False))
+        except ValueError as e:
+            raise StudyError(str(e)) from None
 
     def _study_space(self, space: Space) -> Space:
         """The space file's space, or the larger one the method searches (hybrid: with the model's structure)."""
@@ -194,6 +199,11 @@ class Study:
             history = journal.trials()
             for trial in history:
                 self.proposer.tell(trial)
+            if self.logger is not None:  # the study's run, and the finished trials a crash kept from it
+                self.logger.start({"method": self.method, "seed": self.cfg.seed, "space_id": self.space.space_id,
+                                   **{k: v for k, v in self.trainer_settings().items() if v is not None}})  # fmt: skip
+                for trial in history:
+                    self.logger.trial(trial, self._trial_dir(trial.number))
             interrupted = journal.pending()
             if history or interrupted:
                 self.console.print(
@@ -212,6 +222,8 @@ class Study:
                             budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s,
                             budget_charge=self.cfg.protocol.budget_charge)  # fmt: skip
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.logger is not None:
+            self.logger.finish(summary)
         if history:
             plot_convergence({self.method: [history]}, self.run_dir / "convergence.png")
         if stopped is not None:
@@ -359,7 +371,7 @@ class Study:
                         trial.meta["repairs"] = repairs
                     if "train_seed" in trial.meta:  # a rerun under another training seed (hybrid's noise)
                         train_cfg.seed = int(trial.meta["train_seed"])
-                    trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
+                    trial_dir = self._trial_dir(trial.number)
                     if "agent" in trial.meta and (why := self._edit_fails(trial, trial_dir, train_cfg)):
                         now = time.time()  # an edit that cannot run: crashed, shown to the next prompt; not refused
                         self._finish(journal, trial, Outcome("crashed", None, f"source check: {why}", 0.0, now, now),
@@ -415,6 +427,9 @@ class Study:
         source.write_tree(trial_dir, edit["text"])
         return source.check(trial_dir, OmegaConf.to_yaml(OmegaConf.structured(train_cfg)))
 
+    def _trial_dir(self, number: int) -> Path:
+        return self.run_dir / "trials" / f"{number:04d}"
+
     def _spent(self, history: list[TrialRecord]) -> float:
         """The budget spent by the finished trials, as protocol.budget_charge counts it."""
         return sum(charged_seconds(t, self.cfg.protocol.budget_charge) for t in history)
@@ -442,6 +457,8 @@ class Study:
         if measured and (cfg := self._train_config(trial.params)) is not None:  # for later trials of these shapes
             self.footprints.record(cfg, outcome.result, f"trial {trial.number} of {self.run_dir}")
         journal.export_csv(self.run_dir / "trials.csv")
+        if self.logger is not None:
+            self.logger.trial(record, self._trial_dir(record.number))
         self.proposer.tell(record)
         history.append(record)
         self._show(record, history, trial.llm_turn)
