@@ -71,6 +71,7 @@ class ScriptJob:
     timeout_s: float = 360.0
     home: str | None = None  # first on its import path, and the default working directory; None: the script's folder
     calls: bool = False  # trainer=python: the text is a runner that calls the target with CONFIG
+    bools: frozenset = frozenset()  # constants the script holds as true/false
 
     def with_values(self, space: Space, params: Mapping[str, Any]) -> "ScriptJob":
         """This job for one configuration of `space` (whose keys are script.NAME); a "true"/"false" choice of a
@@ -78,11 +79,10 @@ class ScriptJob:
         if self.calls:
             config = {p.key[len(CONFIG_PREFIX):]: params[p.name] for p in space.params}
             return dataclasses.replace(self, values={"CONFIG": config})
-        originals = literals(self.text)
         values = {}
         for p in space.params:
             name, value = p.key[len(KEY_PREFIX):], params[p.name]
-            if isinstance(originals.get(name), bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+            if name in self.bools and isinstance(value, str) and value.lower() in ("true", "false"):
                 value = value.lower() == "true"
             values[name] = value
         return dataclasses.replace(self, values=values)
@@ -122,7 +122,8 @@ def _script_job(path: str | None, space: Space) -> ScriptJob:
         if name not in defined:
             raise ScriptError(f"space parameter {p.name} sets {p.key}, and {file.name} defines no constant {name} "
                               "(a module-level `NAME = <literal>`)")  # fmt: skip
-    return ScriptJob(str(file), text, {}, home=str(file.resolve().parent))
+    bools = frozenset(name for name, value in literals(text).items() if isinstance(value, bool))
+    return ScriptJob(str(file), text, {}, home=str(file.resolve().parent), bools=bools)
 
 
 # trainer=python's trial program: calls the target with the trial's configuration and the budget, prints its metrics.
@@ -204,7 +205,7 @@ def inject(text: str, values: Mapping[str, Any]) -> str:
     edits = sorted(((nodes[n], values[n]) for n in values), key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True)
     for node, value in edits:  # from the end, so that earlier offsets stay valid
         with contextlib.suppress(ValueError, TypeError):
-            if type(literal_value(node)) is type(value) and literal_value(node) == value:
+            if (old := literal_value(node)) == value and type(old) is type(value):
                 continue  # unchanged: the line stays as written
         start = offsets[node.lineno - 1] + node.col_offset
         end = offsets[node.end_lineno - 1] + node.end_col_offset

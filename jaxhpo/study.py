@@ -50,7 +50,7 @@ from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, l
 from jaxhpo.surrogate.model import Surrogate, fitted
 from jaxhpo.trial import (
     Outcome,
-    _study_has_gpu,
+    study_has_gpu,
     check_space_keys,
     check_space_values,
     refused,
@@ -166,7 +166,7 @@ class Study:
             budget = {"unit": resolve_budget(self.trial), "time_s": self.trial.time_budget_s,
                       "flops": self.trial.budget_flops, "tokens": self.trial.budget_tokens,
                       "steps": self.trial.budget_steps}  # fmt: skip
-            return script.study_job(t, self.space, self.trial, budget, no_gpu=not _study_has_gpu())
+            return script.study_job(t, self.space, self.trial, budget, no_gpu=not study_has_gpu())
         except script.ScriptError as e:
             raise StudyError(str(e)) from None
 
@@ -264,11 +264,11 @@ class Study:
 
     def _trainer_flat(self) -> dict:
         trial = self.cfg.trial
-        if self.script is not None:  # the script (its text's hash: an edited script is another trainer) and its run
-            return {"trainer.path": str(Path(self.script.path).resolve()), "trainer.sha256": script.sha256(self.script.text),
-                    "trainer.target": self.cfg.trainer.target,
-                    "trainer.args": list(self.script.args), "trainer.metric": self.script.metric,
-                    "trial.memory_limit_gb": trial.memory_limit_gb}  # fmt: skip
+        if self.script is not None:  # what runs (its text's hash: an edited script is another trainer), and how
+            t = self.cfg.trainer
+            return {"trainer.path": str(Path(t.path).resolve()) if t.path else None, "trainer.target": t.target,
+                    "trainer.sha256": script.sha256(self.script.text), "trainer.args": list(t.args),
+                    "trainer.metric": t.metric, "trial.memory_limit_gb": trial.memory_limit_gb}  # fmt: skip
         flat = _flatten({"model": self.cfg.model, "optim": self.cfg.optim, "data": self.cfg.data})
         flat.pop("data.cache_dir")  # where the token shards are cached changes nothing they contain
         flat.update({"trial.time_budget_s": trial.time_budget_s, "trial.memory_limit_gb": trial.memory_limit_gb,

@@ -170,8 +170,9 @@ TRIAL_BUDGET_NAMES = {"budget": "trial.budget", "time_budget_s": "trial.time_bud
 
 
 @functools.cache
-def _study_has_gpu() -> bool:
-    # Cached: asked once per study process, so that all of its trials get one unit (and nvidia-smi runs once).
+def study_has_gpu() -> bool:
+    """Whether the study's machine has a GPU for its trials. Cached: asked once per study process, so that all of its
+    trials get one unit (and nvidia-smi runs once)."""
     return device._gpu_memory_bytes() is not None
 
 
@@ -181,7 +182,7 @@ def resolve_budget(trial: TrialConfig) -> str:
     trial.budget_flops is set (time if not)."""
     if trial.budget is not None:
         return trial.budget
-    gpu = (trial.executor == "submitit" and trial.submitit.gpus_per_job > 0) or _study_has_gpu()
+    gpu = (trial.executor == "submitit" and trial.submitit.gpus_per_job > 0) or study_has_gpu()
     return "time" if gpu or trial.budget_flops is None else "flops"
 
 

@@ -127,12 +127,12 @@ def gpu(monkeypatch):
     asked = []
 
     def set_gpu(present: bool) -> list:
-        trial_module._study_has_gpu.cache_clear()
+        trial_module.study_has_gpu.cache_clear()
         monkeypatch.setattr(device, "_gpu_memory_bytes", lambda: asked.append(1) or (80 << 30 if present else None))
         return asked
 
     yield set_gpu
-    trial_module._study_has_gpu.cache_clear()  # the next caller asks the real machine
+    trial_module.study_has_gpu.cache_clear()  # the next caller asks the real machine
 
 
 def test_the_study_budgets_in_flops_on_a_cpu_and_in_time_on_a_gpu(gpu):
