@@ -126,7 +126,7 @@ def test_unknown_method_in_a_grid_is_refused_before_anything_runs(argv, tmp_path
     proc = run_cli("jaxhpo", *argv, "seed=0,1", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown method 'sgd'; choose one of: agent_code, centaur, cmaes, llambo, llm, optuna_cmaes, "
+        "error: unknown method 'sgd'; choose one of: agent_code, centaur, cmaes, hybrid, llambo, llm, optuna_cmaes, "
         "optuna_tpe, random, smac, sobol, tpe"
     ]
     assert not any(tmp_path.iterdir())
