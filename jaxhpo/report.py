@@ -208,12 +208,13 @@ def load_study(journal_path: Path) -> StudyRun:
         unfinished = len(journal.pending())
     first = trials[0] if trials else None
     folder = journal_path.parent
+    # A method that searched more than its space file (hybrid: the model's structure too) is compared on that file's.
+    space = info.get("base_space") or info.get("space") or {}
     return StudyRun(
         path=folder,
         method=info.get("method") or (first.method if first else "unknown"),
         # Compared as the box they search: a protocol's prior over powers of two is the protocol's, not the space's.
-        space_id=box_id(info["space"]) if info.get("space") else info.get("space_id") or (
-            first.space_id if first else "unknown"),
+        space_id=box_id(space) if space else info.get("space_id") or (first.space_id if first else "unknown"),
         space_name=info.get("space_name") or "",
         seed=info.get("seed"),
         # A recorded null means "no budget"; only a missing key sends us to the Hydra config.
@@ -223,7 +224,7 @@ def load_study(journal_path: Path) -> StudyRun:
         unfinished=unfinished,
         # A journal written before protocols existed ran jaxhpo's, which charges wall time.
         budget_charge=(info.get("protocol") or {}).get("budget_charge", "wall"),
-        space=info.get("space") or {},
+        space=space,
         protocol=(info.get("protocol") or {}).get("name", "jaxhpo"),
         warmstart=int((info.get("method_options") or {}).get("warmstart") or 0),
     )

@@ -79,7 +79,8 @@ class Study:
             cfg.trial, compile_cache_dir=cfg.trial.compile_cache_dir or str(self.run_dir.resolve() / "xla_cache")
         )
         self.console = console or Console(stderr=True, soft_wrap=True)  # one line per trial, also in logs
-        self.space = self._study_space(Space.from_config(cfg.space, cfg.protocol.pow2_prior))
+        self.file_space = Space.from_config(cfg.space, cfg.protocol.pow2_prior)
+        self.space = self._study_space(self.file_space)
         self.base = TrainConfig(model=cfg.model, optim=cfg.optim, data=cfg.data, seed=cfg.seed)
         self.script = self._script() if cfg.trainer.name in ("script", "python") else None
         if self.script is None:
@@ -325,6 +326,8 @@ class Study:
         updates = {"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers}
         if not stored:
             updates.update(info, space=self.space.definition(), space_name=self.space.name, method_options=options)
+            if self.space is not self.file_space:  # a method that searches more (hybrid): compared on the file's
+                updates["base_space"] = self.file_space.definition()
         if "trainer" not in stored:
             updates["trainer"] = trainer
         if "protocol" not in stored:

@@ -9,7 +9,7 @@ from jaxhpo import attribution, structure
 from jaxhpo.journal import Journal
 from jaxhpo.proposers import make_proposer
 from jaxhpo.report import load_studies, write_report
-from tests.test_hybrid import SPACE, run
+from tests.test_hybrid import SPACE, TINY, run
 from tests.test_proposers import record
 
 
@@ -59,14 +59,19 @@ def test_variance_decomposition_is_eta_squared():
 
 
 def test_the_report_has_a_structures_section_for_hybrid_studies(tmp_path):
-    folder = tmp_path / "hybrid" / "seed0"
-    folder.mkdir(parents=True)
-    with Journal(folder / "journal.sqlite") as journal:
-        journal.set_study_info({"method": "hybrid", "space_id": SPACE.space_id, "seed": 0, "space": SPACE.definition(),
-                                "space_name": SPACE.name})  # fmt: skip
-        for t in hybrid_history():
-            journal.append(dataclasses.replace(t, method="hybrid"))
+    for method, trials in (("hybrid", hybrid_history()), ("random", hybrid_history()[:1])):
+        folder = tmp_path / method / "seed0"
+        folder.mkdir(parents=True)
+        with Journal(folder / "journal.sqlite") as journal:
+            space = SPACE if method == "hybrid" else TINY
+            journal.set_study_info({"method": method, "space_id": space.space_id, "seed": 0,
+                                    "space": space.definition(), "space_name": space.name,
+                                    **({"base_space": TINY.definition()} if method == "hybrid" else {})})  # fmt: skip
+            for t in trials:
+                journal.append(dataclasses.replace(t, method=method, params={n: t.params[n] for n in space.names}))
     studies, _ = load_studies(tmp_path)
+    assert len({s.space_id for s in studies}) == 1  # hybrid is compared with the others on its space file's space
+    studies = [s for s in studies if s.method == "hybrid"]
     markdown = write_report(studies, tmp_path, tmp_path / "out")
     section = markdown[markdown.index("## Structures"):markdown.index("## Studies")]
     assert "### hybrid, seed 0" in section and "structural changes made" in section and "between the" in section
