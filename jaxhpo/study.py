@@ -326,8 +326,8 @@ class Study:
         updates = {"budget_s": study.budget_s, "max_trials": study.max_trials, "workers": study.workers}
         if not stored:
             updates.update(info, space=self.space.definition(), space_name=self.space.name, method_options=options)
-            if self.space is not self.file_space:  # a method that searches more (hybrid): compared on the file's
-                updates["base_space"] = self.file_space.definition()
+        if "base_space" not in stored and self.space is not self.file_space:
+            updates["base_space"] = self.file_space.definition()  # a method that searches more (hybrid): compared on it
         if "trainer" not in stored:
             updates["trainer"] = trainer
         if "protocol" not in stored:
