@@ -55,11 +55,13 @@ class TrainerConfig:
     python: Optional[str] = None  # script: the interpreter that runs it; None: the study's
     cwd: Optional[str] = None  # script: its working directory; None: the script's folder
     target: Optional[str] = None  # python: package.module:function, called as function(config, budget) -> metrics
-    metric: str = "val_bpb"  # script: a name printed as `name: value`, or re:<regex> with the value as its group;
-    # python: the key of the returned dict
+    # script: how to read study.metric from the output: null for `METRIC: value` lines, or re:<regex> whose group is
+    # the value; python: null, or the key of the returned dict if it is not study.metric
+    metric: Optional[str] = None
 
 
 LOGGERS = ("none", "mlflow")
+DIRECTIONS = ("minimize", "maximize")
 
 
 @dataclass
@@ -91,6 +93,10 @@ class StudySettings:
 
     max_trials: int = 20
     budget_s: Optional[float] = 900.0  # summed trial wall time (the study charged an ok trial its training time)
+    # What a trial scores and which way is better: a key of the built-in trainer's result (val_bpb, final_train_loss,
+    # tokens_per_second, ...), or the name a script prints / a function returns (trainer=script|python).
+    metric: str = "val_bpb"
+    direction: str = "minimize"  # or maximize
     workers: int = 1  # trials running at once, each on its own GPU or share of the CPU cores (jaxhpo.workers)
     # Stop once this many trials in a row were refused for the same reason (jaxhpo.study); 0 or None = never.
     max_consecutive_refusals: Optional[int] = 5
@@ -127,6 +133,8 @@ def _submitit_knows(cluster: str) -> bool:
 # The study's own settings, each field's range; the trainer's rules for the trial.* values every trial takes.
 STUDY_RULES: dict[str, Rule] = {
     "study.max_trials": at_least(1),
+    "study.metric": Rule(lambda v: bool(v.strip()), "must name a metric, e.g. val_bpb", ""),
+    "study.direction": one_of(DIRECTIONS),
     "study.budget_s": optional(positive(" seconds"), "for no budget"),
     "study.workers": at_least(1),
     "study.max_consecutive_refusals": optional(non_negative(" trials"), "to never stop (as 0 does)"),

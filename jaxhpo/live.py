@@ -18,8 +18,10 @@ class LiveStatus:
     them, `spent()` the budget charged so far; `doing` says what the study is doing besides training."""
 
     def __init__(self, history: Sequence[TrialRecord], running: Mapping[int, PendingTrial], max_trials: int,
-                 budget_s: float | None, spent: Callable[[], float], clock: Callable[[], float] = time.time):  # fmt: skip
+                 budget_s: float | None, spent: Callable[[], float], clock: Callable[[], float] = time.time,
+                 sign: float = 1.0):  # fmt: skip
         self.history, self.running, self.max_trials, self.budget_s = history, running, max_trials, budget_s
+        self.sign = sign  # -1: the history holds a maximized metric negated
         self.spent, self.clock = spent, clock
         self.doing = ""
         self._seen: dict[int, float] = {}  # when each running trial was first seen running (a rerun's too)
@@ -32,7 +34,7 @@ class LiveStatus:
         ok = [t for t in history if not t.failed]
         if ok:
             best = min(ok, key=lambda t: t.val_bpb)
-            parts.append(f"best {best.val_bpb:.4f} (trial {best.number}, {best.proposer})")
+            parts.append(f"best {self.sign * best.val_bpb:.4f} (trial {best.number}, {best.proposer})")
         spent = self.spent()
         parts.append(f"budget {spent:.0f}s of {self.budget_s:.0f}s, {max(0.0, self.budget_s - spent):.0f}s left"
                      if self.budget_s else f"{spent:.0f}s of trials")  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import warnings
@@ -26,7 +27,8 @@ from jaxhpo.space import box_id
 
 def summarize(
     trials: Sequence[TrialRecord], *, method: str, space_id: str, seed: int, budget_s: float | None,
-    llm_turns: Sequence[dict] = (), llm_startup_s: float = 0.0, budget_charge: str = "wall",
+    llm_turns: Sequence[dict] = (), llm_startup_s: float = 0.0, budget_charge: str = "wall", metric: str = "val_bpb",
+    direction: str = "minimize",
 ) -> dict:
     """summary.json: the best configuration, outcome counts, failure share, trials per proposer, budget used (as
     protocol.budget_charge counts it), and LLM turns, fallbacks and time (not charged to the budget). Trials lost
@@ -34,7 +36,7 @@ def summarize(
     study's records left them out."""
     lost = sum(1 for t in trials if (t.error or "").startswith(NOT_RUN_PREFIX))
     ok = [t for t in trials if not t.failed]
-    best = min(ok, key=lambda t: t.val_bpb) if ok else None
+    best = (max if direction == "maximize" else min)(ok, key=lambda t: t.val_bpb) if ok else None
     statuses = Counter(t.status for t in trials)
     n = len(trials) - lost
     statuses["crashed"] -= lost
@@ -43,7 +45,9 @@ def summarize(
         "space_id": space_id,
         "seed": seed,
         "trials": len(trials),
-        "best_val_bpb": best.val_bpb if best else None,
+        "metric": metric,
+        "direction": direction,
+        "best_val_bpb": best.val_bpb if best else None,  # the best value of `metric` (val_bpb by default)
         "best_trial": best.number if best else None,
         "best_params": best.params if best else None,
         "status_counts": {s: statuses.get(s, 0) for s in STATUSES},
@@ -87,10 +91,11 @@ def best_so_far(trials: Sequence[TrialRecord], budget_charge: str = "wall") -> t
     return elapsed, np.where(np.isinf(best), np.nan, best)
 
 
-def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path) -> None:
-    """Best-so-far val_bpb against cumulative trial time; one curve per method (mean ± sample std over its studies),
-    each trial marked for single-study methods: dots for successes, stars for LLM-proposed successes, red
-    crosses for failures."""
+def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], path: str | Path, sign: float = 1.0,
+                     metric: str = "val_bpb") -> None:  # fmt: skip
+    """Best-so-far val_bpb (or `metric`) against cumulative trial time; one curve per method (mean ± sample std over
+    its studies), each trial marked for single-study methods: dots for successes, stars for LLM-proposed successes,
+    red crosses for failures. The trials' values are minimized; `sign` -1 draws a maximized metric's own values."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for method, runs in studies.items():
@@ -104,6 +109,7 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no success yet at that time
             mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0, ddof=1)  # the report's table uses ddof 1
+        mean = sign * mean
         (line,) = ax.plot(grid, mean, drawstyle="steps-post", label=f"{method} (n={len(curves)})")
         if len(curves) > 1:
             ax.fill_between(grid, mean - std, mean + std, step="post", alpha=0.2, color=line.get_color())
@@ -111,16 +117,16 @@ def plot_convergence(studies: Mapping[str, Sequence[Sequence[TrialRecord]]], pat
             trials = runs[0]
             x, _ = curves[0]
             ok = np.array([not t.failed for t in trials])
-            vals = np.array([t.val_bpb if not t.failed else np.nan for t in trials])
+            vals = np.array([sign * t.val_bpb if not t.failed else np.nan for t in trials])
             llm = np.array([t.proposer == "llm" for t in trials])
             ax.scatter(x[ok & ~llm], vals[ok & ~llm], s=12, color=line.get_color(), alpha=0.6)
             if (ok & llm).any():
                 ax.scatter(x[ok & llm], vals[ok & llm], s=60, marker="*", color="black", label="LLM-proposed")
             if (~ok).any():
-                top = np.nanmax(vals) if ok.any() else 1.0
+                top = (np.nanmax if sign > 0 else np.nanmin)(vals) if ok.any() else 1.0  # at the worst end
                 ax.scatter(x[~ok], np.full((~ok).sum(), top), marker="x", color="red", label="failed trial")
     ax.set_xlabel("cumulative trial time (s)")
-    ax.set_ylabel("best val_bpb so far")
+    ax.set_ylabel(f"best {metric} so far")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -171,6 +177,8 @@ class StudyRun:
     space: dict = field(default_factory=dict)  # the space definition (name -> spec), {} where not recorded
     protocol: str = "jaxhpo"  # protocol.name the study ran by
     warmstart: int = 0  # method.options.warmstart: configurations from one LLM call run first
+    metric: str = "val_bpb"  # study.metric: what each trial's val_bpb field holds
+    direction: str = "minimize"  # study.direction; a maximized metric's trials are read negated (lower is better)
 
     @property
     def label(self) -> str:
@@ -210,6 +218,9 @@ def load_study(journal_path: Path) -> StudyRun:
     folder = journal_path.parent
     # A method that searched more than its space file (hybrid: the model's structure too) is compared on that file's.
     space = info.get("base_space") or info.get("space") or {}
+    direction = info.get("direction", "minimize")
+    if direction == "maximize":  # everything below ranks by "lower is better"
+        trials = [t if t.val_bpb is None else dataclasses.replace(t, val_bpb=-t.val_bpb) for t in trials]
     return StudyRun(
         path=folder,
         method=info.get("method") or (first.method if first else "unknown"),
@@ -227,6 +238,8 @@ def load_study(journal_path: Path) -> StudyRun:
         space=space,
         protocol=(info.get("protocol") or {}).get("name", "jaxhpo"),
         warmstart=int((info.get("method_options") or {}).get("warmstart") or 0),
+        metric=info.get("metric", "val_bpb"),
+        direction=direction,
     )
 
 
@@ -717,6 +730,10 @@ improvements: trials that lowered their study's best-so-far val_bpb (a study's f
 def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Sequence[str] = ()) -> str:
     """Write report.md, report.csv, convergence.png, failures.png and ranks.png into `out`; returns the
     Markdown."""
+    scored = sorted({(s.metric, s.direction) for s in studies})
+    if len(scored) > 1:
+        raise ReportError(f"the studies under {root} score different things ({', '.join(f'{m} ({d})' for m, d in scored)}); "
+                          "report each apart")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     rows = method_rows(studies)
     many_spaces = len({s.space_id for s in studies}) > 1
@@ -731,6 +748,7 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
     parts = [
         "# Study comparison",
         f"{_plural(len(studies), 'study', 'studies')} under `{root}`, {_plural(n_trials, 'finished trial')}.",
+        *([_scored_note(*scored[0])] if scored and scored[0] != ("val_bpb", "minimize") else []),
         *(f"- {line}" for line in skipped),
         "## Methods",
         method_markdown(rows, many_spaces),
@@ -765,6 +783,11 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
     markdown = "\n\n".join(parts) + "\n"
     (out / "report.md").write_text(markdown, encoding="utf-8")
     return markdown
+
+
+def _scored_note(metric: str, direction: str) -> str:
+    flip = ", negated: lower is better everywhere below" if direction == "maximize" else ""
+    return f"**These studies score {metric} ({direction}d): every val_bpb in this report is {metric}{flip}.**"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,19 +88,21 @@ class ScriptJob:
         return dataclasses.replace(self, values=values)
 
 
-def study_job(trainer: Any, space: Space, trial: Any, budget: Mapping[str, Any], no_gpu: bool) -> ScriptJob:
+def study_job(trainer: Any, space: Space, trial: Any, budget: Mapping[str, Any], no_gpu: bool,
+              metric: str = "val_bpb") -> ScriptJob:  # fmt: skip
     """A study's job (`trainer`: its TrainerConfig, `trial`: its TrialConfig, `budget`: what trainer=python's target
     is given): the script read and checked against the space (every key script.NAME, every NAME a constant of the
     script), or the target checked importable (every key config.NAME); the metric checked; ScriptError (one line)
     otherwise. The memory limit applies only with `no_gpu`: an address-space limit breaks CUDA's reservations."""
     job = _python_job(trainer.target, space, budget) if trainer.name == "python" else _script_job(trainer.path, space)
-    check_metric(trainer.metric)
+    metric = trainer.metric or metric  # how to read it, or the study's metric by its name
+    check_metric(metric)
     if trainer.python is not None and not shutil.which(trainer.python):
         raise ScriptError(f"trainer.python={trainer.python}: no such interpreter")
     if trainer.cwd is not None and not Path(trainer.cwd).is_dir():
         raise ScriptError(f"trainer.cwd={trainer.cwd}: no such folder")
     return dataclasses.replace(
-        job, args=tuple(trainer.args), python=trainer.python or sys.executable, cwd=trainer.cwd, metric=trainer.metric,
+        job, args=tuple(trainer.args), python=trainer.python or sys.executable, cwd=trainer.cwd, metric=metric,
         memory_limit_gb=trial.memory_limit_gb if no_gpu else None,
         timeout_s=trial.timeout_s or 3 * trial.time_budget_s + 300,  # the built-in trainer's rule
     )  # fmt: skip
@@ -231,7 +233,7 @@ def read_metric(output: str, metric: str) -> float | None:
 def check_metric(metric: str) -> None:
     """Refuse an empty metric name or a regex that does not compile or has no group, in one line."""
     if not metric or not metric.strip():
-        raise ScriptError("trainer.metric is empty: name the metric the script prints, e.g. val_bpb")
+        raise ScriptError("the metric is empty: name the one the script prints (study.metric), e.g. val_bpb")
     if metric.startswith("re:"):
         try:
             pattern = re.compile(metric[3:])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import time
 import warnings
@@ -86,6 +87,12 @@ class Study:
         if self.script is None:
             self._check_base()
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
+        self.metric = cfg.study.metric
+        # Proposers minimize: a metric to maximize reaches them (and the study's history) negated; the journal, the
+        # logs and summary.json keep its own values.
+        self.sign = -1.0 if cfg.study.direction == "maximize" else 1.0
+        if self.metric != "val_bpb" and cfg.trainer.name == "surrogate":
+            raise StudyError(f"study.metric={self.metric}: trainer=surrogate predicts val_bpb only")
         self.method = cfg.method.name
         try:
             self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, protocol=cfg.protocol,
@@ -167,7 +174,8 @@ class Study:
             budget = {"unit": resolve_budget(self.trial), "time_s": self.trial.time_budget_s,
                       "flops": self.trial.budget_flops, "tokens": self.trial.budget_tokens,
                       "steps": self.trial.budget_steps}  # fmt: skip
-            return script.study_job(t, self.space, self.trial, budget, no_gpu=not study_has_gpu())
+            return script.study_job(t, self.space, self.trial, budget, no_gpu=not study_has_gpu(),
+                                    metric=self.cfg.study.metric)  # fmt: skip
         except script.ScriptError as e:
             raise StudyError(str(e)) from None
 
@@ -197,14 +205,14 @@ class Study:
             self._llm() as llm_startup_s,
         ):
             self._check_same_study(journal)
-            history = journal.trials()
+            history = [self._oriented(t) for t in journal.trials()]
             for trial in history:
                 self.proposer.tell(trial)
             if self.logger is not None:  # the study's run, and the finished trials a crash kept from it
                 self.logger.start({"method": self.method, "seed": self.cfg.seed, "space_id": self.space.space_id,
                                    **{k: v for k, v in self.trainer_settings().items() if v is not None}})  # fmt: skip
                 for trial in history:
-                    self.logger.trial(trial, self._trial_dir(trial.number))
+                    self.logger.trial(self._oriented(trial), self._trial_dir(trial.number))
             interrupted = journal.pending()
             if history or interrupted:
                 self.console.print(
@@ -219,14 +227,15 @@ class Study:
             except StudyError as e:  # stopped by refusals: what ran is still summarized
                 stopped = e
             turns = journal.llm_turns()
-        summary = summarize(history, method=self.method, space_id=self.space.space_id, seed=self.cfg.seed,
-                            budget_s=self.cfg.study.budget_s, llm_turns=turns, llm_startup_s=llm_startup_s,
-                            budget_charge=self.cfg.protocol.budget_charge)  # fmt: skip
+        summary = summarize([self._oriented(t) for t in history], method=self.method, space_id=self.space.space_id,
+                            seed=self.cfg.seed, budget_s=self.cfg.study.budget_s, llm_turns=turns,
+                            llm_startup_s=llm_startup_s, budget_charge=self.cfg.protocol.budget_charge,
+                            metric=self.metric, direction=self.cfg.study.direction)  # fmt: skip
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.logger is not None:
             self.logger.finish(summary)
         if history:
-            plot_convergence({self.method: [history]}, self.run_dir / "convergence.png")
+            plot_convergence({self.method: [history]}, self.run_dir / "convergence.png", self.sign, self.metric)
         if stopped is not None:
             raise stopped
         return summary
@@ -292,7 +301,8 @@ class Study:
             )
 
     def _check_same_study(self, journal: Journal) -> None:
-        info = {"method": self.method, "space_id": self.space.space_id, "seed": self.cfg.seed}
+        info = {"method": self.method, "space_id": self.space.space_id, "seed": self.cfg.seed, "metric": self.metric,
+                "direction": self.cfg.study.direction}  # fmt: skip
         stored = journal.study_info()
         clash = [(k, stored[k], v) for k, v in info.items() if k in stored and stored[k] != v]
         trainer = self.trainer_settings()
@@ -341,7 +351,7 @@ class Study:
         rerun = {p.number for p in interrupted}  # already journaled as pending
         stop = self._refusal_stop(history)  # a resumed study that had stopped stops again at once
         live = LiveStatus(history, running, self.cfg.study.max_trials, self.cfg.study.budget_s,
-                          lambda: self._spent(history))  # fmt: skip
+                          lambda: self._spent(history), sign=self.sign)  # fmt: skip
         with self.console.status(live):
             while True:
                 while pool.free and not stop and (interrupted or not self._done(history, running)):
@@ -446,8 +456,27 @@ class Study:
         llm_turn = meta.pop("llm_turn", None)
         return PendingTrial(number, proposal.params, proposal.proposer, meta, llm_turn, time.time())
 
+    def _oriented(self, trial: TrialRecord) -> TrialRecord:
+        """The trial as the proposers see it (its value negated when the metric is maximized); its own inverse."""
+        if self.sign > 0 or trial.val_bpb is None:
+            return trial
+        return dataclasses.replace(trial, val_bpb=-trial.val_bpb)
+
+    def _scored(self, outcome: Outcome) -> Outcome:
+        """A built-in trainer's outcome scored by study.metric, a key of its result (scripts read their own)."""
+        if outcome.status != "ok" or self.metric == "val_bpb" or self.script is not None:
+            return outcome
+        value = outcome.result.get(self.metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return dataclasses.replace(outcome, status="crashed", val_bpb=None,
+                                       error=f"the trainer's result has no number {self.metric}")  # fmt: skip
+        if not math.isfinite(value):
+            return dataclasses.replace(outcome, status="diverged", val_bpb=None, error=f"{self.metric} is {value}")
+        return dataclasses.replace(outcome, val_bpb=float(value))
+
     def _finish(self, journal: Journal, trial: PendingTrial, outcome: Outcome, history: list[TrialRecord]) -> None:
         """Journal a finished trial (dropping its pending row), tell the proposer, show it."""
+        outcome = self._scored(outcome)
         record = TrialRecord(
             number=trial.number, params=trial.params, space_id=self.space.space_id, method=self.method,
             proposer=trial.proposer, status=outcome.status, val_bpb=outcome.val_bpb, error=outcome.error,
@@ -462,8 +491,9 @@ class Study:
         journal.export_csv(self.run_dir / "trials.csv")
         if self.logger is not None:
             self.logger.trial(record, self._trial_dir(record.number))
-        self.proposer.tell(record)
-        history.append(record)
+        told = self._oriented(record)
+        self.proposer.tell(told)
+        history.append(told)
         self._show(record, history, trial.llm_turn)
 
     def _show(self, record: TrialRecord, history: list[TrialRecord], llm_turn: dict | list | None) -> None:
@@ -475,15 +505,15 @@ class Study:
                 f"proposal ({calls[0]['fallback']}); later fallbacks are recorded in the journal without a warning",
                 highlight=False,
             )
-        ok = [t.val_bpb for t in history if not t.failed]
-        best = f"{min(ok):.4f}" if ok else "-"
+        ok = [t.val_bpb for t in history if not t.failed]  # as told: a maximized metric negated
+        best = f"{self.sign * min(ok):.4f}" if ok else "-"
         value = f"{record.val_bpb:.4f}" if record.val_bpb is not None else "-"
         style = "green" if record.status == "ok" else "red"
         budget = self.cfg.study.budget_s
         left = f"{max(0.0, budget - self._spent(history)):.0f}s" if budget else "∞"
         line = (
             f"trial {record.number:>3}  {record.proposer:<14} [{style}]{record.status:<8}[/{style}] "
-            f"val_bpb {value:>7}  best {best:>7}  {record.wall_seconds:5.0f}s  budget left {left}"
+            f"{self.metric} {value:>7}  best {best:>7}  {record.wall_seconds:5.0f}s  budget left {left}"
         )
         if any(c.get("latency_s") is not None for c in calls):
             seconds = sum(c.get("latency_s") or 0.0 for c in calls)

@@ -73,7 +73,7 @@ def test_every_way_a_run_ends_is_classified(returncode, output, status, says):
         assert got.value == 1.1 and got.result["training_seconds"] == 2.5
 
 
-TOY = ["trainer=script", f"trainer.path={REPO / 'examples/toy/train.py'}", "trainer.metric=val_loss",
+TOY = ["trainer=script", f"trainer.path={REPO / 'examples/toy/train.py'}", "study.metric=val_loss",
        f"--config-dir={REPO / 'examples/toy'}", "space=toy"]  # fmt: skip
 
 
@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, says):
     assert not (tmp_path / "run/journal.sqlite").exists()
 
 
-PYTHON = ["trainer=python", "trainer.target=examples.toy.train:fit", "trainer.metric=val_loss",
+PYTHON = ["trainer=python", "trainer.target=examples.toy.train:fit", "study.metric=val_loss",
           f"--config-dir={REPO / 'examples/toy'}", "space=toy_python"]  # fmt: skip
 
 
@@ -214,3 +214,30 @@ def test_a_failing_function_is_a_crashed_trial_and_bad_targets_are_refused(tmp_p
                          ("mine", "give package.module:function"), ("mine:NOT_A_FUNCTION", "is not a function")):
         proc = run_cli("jaxhpo", *base, f"trainer.target={target}", f"hydra.run.dir={tmp_path / target}", env=env)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+MAXIMIZE = '''X = 0.5
+print(f"accuracy: {1 - (X - 0.8) ** 2}")
+'''
+
+
+def test_a_metric_to_maximize(tmp_path):
+    """study.direction=maximize: the proposers climb the metric (told it negated), the journal, summary and report
+    keep its own values."""
+    from jaxhpo.report import main as report
+
+    args = write(tmp_path, MAXIMIZE, {"X": {"type": "float", "key": "script.X", "low": 0.0, "high": 1.0, "default": 0.5}})
+    proc = run_cli("jaxhpo", "+method=tpe", *args, "study.metric=accuracy", "study.direction=maximize",
+                   "study.max_trials=25", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy  0.9100" in proc.stderr  # the default's own value, X = 0.5
+    with Journal(tmp_path / "run/journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    values = [t.val_bpb for t in trials]
+    assert all(0 <= v <= 1 for v in values)  # as the script printed them
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["best_val_bpb"] == max(values) > 0.99 and summary["direction"] == "maximize"
+    assert summary["best_trial"] == values.index(max(values))
+    assert report([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report/report.md").read_text()
+    assert "These studies score accuracy (maximized)" in text and f"{-max(values):.4f}" in text

@@ -173,3 +173,20 @@ def test_batch_constraint_is_repaired_before_the_trial_starts():
     assert notes == ["total_batch_size 1024 -> 16384 (device_batch_size × seq_len = 16384)"]
     untouched, none = trial_config(TrainConfig(model=ModelConfig(seq_len=256)), space, space.default(), TrialConfig())
     assert none == [] and untouched.model.total_batch_size == 4096
+
+
+def test_a_study_scores_another_key_of_the_trainers_result(tmp_path, data_cache):
+    """study.metric names a key of the built-in trainer's result; one it lacks makes a crashed trial that says so."""
+    proc = run_cli("jaxhpo", *study_args("random", tmp_path / "a", data_cache, "study.max_trials=2",
+                                         "study.metric=final_train_loss"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Journal(tmp_path / "a/journal.sqlite", readonly=True) as journal:
+        trials = journal.trials()
+    ok = [t for t in trials if t.status == "ok"]
+    assert ok[0].number == 0 and [t.val_bpb for t in ok] == [t.result["final_train_loss"] for t in ok]
+    assert any(line.startswith("trial   0") and " final_train_loss " in line for line in proc.stderr.splitlines())
+    proc = run_cli("jaxhpo", *study_args("random", tmp_path / "b", data_cache, "study.max_trials=1",
+                                         "study.metric=nonsense"))  # fmt: skip
+    with Journal(tmp_path / "b/journal.sqlite", readonly=True) as journal:
+        (trial,) = journal.trials()
+    assert trial.status == "crashed" and trial.error == "the trainer's result has no number nonsense"

@@ -6,9 +6,9 @@ them per trial in a copy of this file) and it prints its result in autoresearch'
 function, `fit(config, budget)` takes the same names in `config` and returns the metrics.
 
     python examples/toy/train.py        # one run with the values below
-    python -m jaxhpo +method=tpe trainer=script trainer.path=examples/toy/train.py trainer.metric=val_loss \\
+    python -m jaxhpo +method=tpe trainer=script trainer.path=examples/toy/train.py study.metric=val_loss \\
         --config-dir examples/toy space=toy
-    python -m jaxhpo +method=tpe trainer=python trainer.target=examples.toy.train:fit trainer.metric=val_loss \\
+    python -m jaxhpo +method=tpe trainer=python trainer.target=examples.toy.train:fit study.metric=val_loss \\
         --config-dir examples/toy space=toy_python
 """
 
