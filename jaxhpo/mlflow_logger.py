@@ -2,7 +2,7 @@
 
 The study's run holds its settings as params (method, seed, space id, trainer, budget) and, at the end, the
 summary's figures as metrics; each finished trial is a nested run named `trial NNNN` with the trial's parameters,
-its val_bpb, wall and training seconds as metrics, its status, proposer, error, space id (and a hybrid trial's
+its study.metric (val_bpb by default), wall and training seconds as metrics, its status, proposer, error, space id (and a hybrid trial's
 structure id and kind of change) as tags, and the small files of its folder (config.yaml, result.json, a
 script's copy, the log) as artifacts. The store is `logger.tracking_uri`, by default an SQLite file in the run folder
 (`sqlite:///RUN/mlflow.db`, MLflow 3's local store; artifacts beside it in RUN/mlflow_artifacts), so
@@ -26,8 +26,9 @@ MAX_ARTIFACT_BYTES = 1 << 20  # a trial's log past 1 MiB stays in its folder
 class MLflowLogger:
     """start(settings) once, trial(record, folder) per finished trial, finish(summary) at the end."""
 
-    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str, warn: Callable[[str], None]):
-        self.run_dir, self.warn = Path(run_dir), warn
+    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str, warn: Callable[[str], None],
+                 metric: str = "val_bpb"):  # fmt: skip
+        self.run_dir, self.warn, self.metric = Path(run_dir), warn, metric
         self.tracking_uri = tracking_uri or f"sqlite:///{self.run_dir.resolve() / 'mlflow.db'}"
         self.experiment = experiment
         self.client: Any = None
@@ -84,7 +85,7 @@ class MLflowLogger:
         rid = run.info.run_id
         for name, value in t.params.items():
             self.client.log_param(rid, name, value)
-        metrics = {"val_bpb": t.val_bpb, "wall_seconds": t.wall_seconds, "training_seconds": t.training_seconds}
+        metrics = {self.metric: t.val_bpb, "wall_seconds": t.wall_seconds, "training_seconds": t.training_seconds}
         for name, value in metrics.items():
             if value is not None:
                 self.client.log_metric(rid, name, float(value))
@@ -99,15 +100,17 @@ class MLflowLogger:
         """The summary's figures on the study's run, which ends."""
 
         def end() -> None:
-            for key in ("best_val_bpb", "trials", "failed_percent", "trial_seconds", "llm_seconds"):
+            names = {"best_val_bpb": f"best_{self.metric}", "trials": "trials", "failed_percent": "failed_percent",
+                     "trial_seconds": "trial_seconds", "llm_seconds": "llm_seconds"}  # fmt: skip
+            for key, name in names.items():
                 if isinstance(summary.get(key), (int, float)):
-                    self.client.log_metric(self.run_id, key, float(summary[key]))
+                    self.client.log_metric(self.run_id, name, float(summary[key]))
             self.client.set_terminated(self.run_id, "FINISHED")
 
         self._guard("finish", end)
 
 
-def make_logger(cfg: Any, run_dir: Path, warn: Callable[[str], None]) -> MLflowLogger | None:
+def make_logger(cfg: Any, run_dir: Path, warn: Callable[[str], None], metric: str = "val_bpb") -> MLflowLogger | None:
     """The study's logger for `logger.name` (none: None); ValueError (one line) when mlflow is not installed."""
     if cfg.name == "none":
         return None
@@ -115,4 +118,4 @@ def make_logger(cfg: Any, run_dir: Path, warn: Callable[[str], None]) -> MLflowL
 
     if importlib.util.find_spec("mlflow") is None:
         raise ValueError("logger=mlflow needs MLflow: pip install mlflow-skinny")
-    return MLflowLogger(run_dir, cfg.tracking_uri, cfg.experiment, warn)
+    return MLflowLogger(run_dir, cfg.tracking_uri, cfg.experiment, warn, metric)

@@ -110,7 +110,8 @@ class Study:
             self.proposer.failure_model.known_to_fail = self._known_to_fail
         self._warned_fallback = False
         try:
-            self.logger = make_logger(cfg.logger, self.run_dir, warn=lambda line: self.console.print(line, highlight=False))
+            self.logger = make_logger(cfg.logger, self.run_dir, lambda line: self.console.print(line, highlight=False),
+                                      cfg.study.metric)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
 

@@ -27,7 +27,8 @@ def test_a_study_is_an_mlflow_run_with_a_nested_run_per_trial(tmp_path):
     assert study.data.params["method"] == "random" and study.data.metrics["trials"] == 5
     first = trials[0]
     assert first.data.tags["proposer"] == "default" and first.data.params["LEARNING_RATE"] == "0.01"
-    assert first.data.metrics["val_bpb"] > 0 and first.data.metrics["training_seconds"] > 0
+    assert first.data.metrics["val_loss"] > 0 and first.data.metrics["training_seconds"] > 0  # study.metric's name
+    assert study.data.metrics["best_val_loss"] == min(r.data.metrics["val_loss"] for r in trials if "val_loss" in r.data.metrics)
     files = {f.path for f in client.list_artifacts(first.info.run_id)}
     assert {"train.py", "train.log"} <= files  # the script's copy with the trial's values, and its output
     assert (tmp_path / "mlflow_run_id").read_text().strip() == study.info.run_id
