@@ -611,9 +611,9 @@ def structures_markdown(studies: Sequence[StudyRun], root: Path) -> list[str]:
               for s in hybrid)]  # fmt: skip
 
 
-def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
+def studies_markdown(studies: Sequence[StudyRun], root: Path, sign: float = 1.0) -> str:
     """Every study found, one row each, including those with no finished trial yet; trials started and not
-    finished are counted apart (a running study, or one stopped mid-trial)."""
+    finished are counted apart (a running study, or one stopped mid-trial). `sign` -1: a maximized metric."""
     header = ["study", "method", "seed", "trials", "ok", "best val_bpb", "best trial (proposer)", "trial time"]
     body = []
     for s in studies:
@@ -621,7 +621,7 @@ def studies_markdown(studies: Sequence[StudyRun], root: Path) -> str:
         body.append([
             str(s.path.relative_to(root)), s.label, DASH if s.seed is None else str(s.seed),
             f"{len(s.trials)}" + (f" (+{s.unfinished} unfinished)" if s.unfinished else ""),
-            str(sum(not t.failed for t in s.trials)), _num(best.val_bpb if best else None, ".4f"),
+            str(sum(not t.failed for t in s.trials)), _num(sign * best.val_bpb if best else None, ".4f"),
             f"{best.number} ({best.proposer})" if best else DASH, _duration(s.trial_seconds),
         ])  # fmt: skip
     return markdown_table(header, body)
@@ -735,7 +735,9 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         raise ReportError(f"the studies under {root} score different things ({', '.join(f'{m} ({d})' for m, d in scored)}); "
                           "report each apart")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    rows = method_rows(studies)
+    # The rows rank what was minimized (a maximized metric negated); they show and store the metric's own values.
+    sign = -1.0 if scored and scored[0][1] == "maximize" else 1.0
+    rows = _own_values(method_rows(studies), sign)
     many_spaces = len({s.space_id for s in studies}) > 1
     write_csv(rows, out / "report.csv")
     groups = group_studies(studies)
@@ -754,7 +756,7 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         method_markdown(rows, many_spaces),
         NOTES,
         "## Paired tests",
-        paired_markdown(paired_rows(studies), many_spaces),
+        paired_markdown(_own_values(paired_rows(studies), sign), many_spaces),
         PAIRED_NOTES,
         "## Anytime ranks",
         rank_markdown(ranks, many_spaces),
@@ -763,17 +765,17 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         importance_markdown(importance_rows(studies), many_spaces),
         IMPORTANCE_NOTES,
         "## Proposers",
-        proposer_markdown(proposer_rows(studies), many_spaces),
+        proposer_markdown(_own_values(proposer_rows(studies), sign), many_spaces),
         PROPOSER_NOTES,
         "## Search spaces",
-        space_markdown(space_rows(studies)),
+        space_markdown(_own_values(space_rows(studies), sign)),
         *structures_markdown(studies, root),
         "## Studies",
-        studies_markdown(studies, root),
+        studies_markdown(studies, root, sign),
     ]
     # Plots need a finished trial: an all-empty report gets no figures rather than empty axes.
     if n_trials:
-        plot_convergence(trials_by_label, out / "convergence.png")
+        plot_convergence(trials_by_label, out / "convergence.png", sign, scored[0][0])
         plot_failures(trials_by_label, out / "failures.png")
         parts += ["## Figures", "![best val_bpb so far against trial time](convergence.png)",
                   "![failed trials per method](failures.png)"]  # fmt: skip
@@ -785,9 +787,28 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
     return markdown
 
 
+# The fields of the report's rows that hold a value of the metric (or a difference of two): negated for a maximized
+# one, whose confidence interval's ends swap.
+_VALUE_FIELDS = ("best_val_bpb_mean", "best_val_bpb_min", "best_val_bpb", "mean_difference")
+
+
+def _own_values(rows: list[dict], sign: float) -> list[dict]:
+    """Rows computed on minimized values, with a maximized metric's own values (sign -1) put back."""
+    if sign > 0:
+        return rows
+    out = []
+    for r in rows:
+        r = {k: (-v if k in _VALUE_FIELDS and v is not None else v) for k, v in r.items()}
+        if r.get("best_val_bpb_ci_low") is not None:
+            r["best_val_bpb_ci_low"], r["best_val_bpb_ci_high"] = -r["best_val_bpb_ci_high"], -r["best_val_bpb_ci_low"]
+        out.append(r)
+    return out
+
+
 def _scored_note(metric: str, direction: str) -> str:
-    flip = ", negated: lower is better everywhere below" if direction == "maximize" else ""
-    return f"**These studies score {metric} ({direction}d): every val_bpb in this report is {metric}{flip}.**"
+    better = "higher" if direction == "maximize" else "lower"
+    return (f"**These studies score {metric} ({direction}d): every val_bpb in this report is {metric}, and {better} "
+            "is better (ranks and wins count that way).**")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

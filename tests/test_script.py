@@ -240,4 +240,6 @@ def test_a_metric_to_maximize(tmp_path):
     assert summary["best_trial"] == values.index(max(values))
     assert report([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report/report.md").read_text()
-    assert "These studies score accuracy (maximized)" in text and f"{-max(values):.4f}" in text
+    assert "These studies score accuracy (maximized)" in text and "higher is better" in text
+    studies_table = text[text.index("## Studies"):]
+    assert f"{max(values):.4f}" in studies_table and f"{-max(values):.4f}" not in text  # its own values, not negated
