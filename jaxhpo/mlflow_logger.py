@@ -2,8 +2,8 @@
 
 The study's run holds its settings as params (method, seed, space id, trainer, budget) and, at the end, the
 summary's figures as metrics; each finished trial is a nested run named `trial NNNN` with the trial's parameters,
-its study.metric (val_bpb by default), wall and training seconds as metrics, its status, proposer, error, space id (and a hybrid trial's
-structure id and kind of change) as tags, and the small files of its folder (config.yaml, result.json, a
+its study.metric (val_bpb by default), wall and training seconds as metrics, its status, proposer, error, space
+id (and a hybrid trial's structure id and kind of change) as tags, and the small files of its folder (config.yaml, result.json, a
 script's copy, the log) as artifacts. The store is `logger.tracking_uri`, by default an SQLite file in the run folder
 (`sqlite:///RUN/mlflow.db`, MLflow 3's local store; artifacts beside it in RUN/mlflow_artifacts), so
 `mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db` shows it. A resume continues the same run (its id is kept in
@@ -41,7 +41,8 @@ class MLflowLogger:
         try:
             action()
         except Exception as e:  # MLflow's, the store's, the file system's: never the study's problem
-            self.warn(f"warning: logger=mlflow stopped ({what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.warn(f"warning: logger=mlflow stopped ({what}: {why})")
             self.client = None
 
     def start(self, settings: Mapping[str, Any]) -> None:

@@ -732,8 +732,8 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
     Markdown."""
     scored = sorted({(s.metric, s.direction) for s in studies})
     if len(scored) > 1:
-        raise ReportError(f"the studies under {root} score different things ({', '.join(f'{m} ({d})' for m, d in scored)}); "
-                          "report each apart")  # fmt: skip
+        what = ", ".join(f"{m} ({d})" for m, d in scored)
+        raise ReportError(f"the studies under {root} score different things ({what}); report each apart")
     out.mkdir(parents=True, exist_ok=True)
     # The rows rank what was minimized (a maximized metric negated); they show and store the metric's own values.
     sign = -1.0 if scored and scored[0][1] == "maximize" else 1.0

@@ -31,10 +31,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,7 +40,7 @@ from typing import Any, Mapping
 from jaxhpo import lifeline
 from jaxhpo.extract import assignments, literal_value
 from jaxhpo.space import Space
-from jaxhpo.trial import Outcome, _kill, _wait
+from jaxhpo.trial import Outcome, run_process, unless_disk_full
 
 KEY_PREFIX = "script."
 CONFIG_PREFIX = "config."  # trainer=python: a key of the config dict the target is called with
@@ -283,23 +281,11 @@ def run(job: ScriptJob, trial_dir: Path, timeout_s: float | None = None, env: Ma
     home = job.home or str(Path(job.path).resolve().parent)
     path = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [job.python, lifeline.__file__, "--run-path", str(script), *job.args]
-    started = time.time()
-    with open(trial_dir / OUTPUT_FILE, "w") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=job.cwd or home, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, lifeline.PARENT_ENV: str(os.getpid()),
-                 **({lifeline.MEMORY_ENV: str(int(job.memory_limit_gb * 2**30))} if job.memory_limit_gb else {}),
-                 **(env or {})},
-        )  # fmt: skip
-        try:
-            returncode = _wait(proc, started + timeout_s, cancel)
-        except BaseException:
-            _kill(proc)
-            raise
-        if returncode is None:
-            _kill(proc)
-    ended = time.time()
+    limit = {lifeline.MEMORY_ENV: str(int(job.memory_limit_gb * 2**30))} if job.memory_limit_gb else {}
+    env = {"PYTHONPATH": path, **limit, **(env or {})}
+    returncode, started, ended = run_process(command, trial_dir / OUTPUT_FILE, timeout_s, env, cancel, job.cwd or home)
     if returncode is None:
         return Outcome("timeout", None, f"no exit after {timeout_s:.0f}s; killed", ended - started, started, ended)
     outcome = classify(returncode, (trial_dir / OUTPUT_FILE).read_text(errors="replace"), job.metric)
-    return Outcome(outcome.status, outcome.value, outcome.error, ended - started, started, ended, outcome.result)
+    return unless_disk_full(Outcome(outcome.status, outcome.value, outcome.error, ended - started, started, ended,
+                                    outcome.result), trial_dir)  # fmt: skip

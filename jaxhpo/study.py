@@ -220,7 +220,7 @@ class Study:
                     f"resuming: {len(history)} finished trials read from {journal.path}"
                     + (f"; running the {len(interrupted)} interrupted again" if interrupted else "")
                 )
-            if self.cfg.trainer.name == "gpt":  # tokenizer and token shards built once here, not in the first trial's time
+            if self.cfg.trainer.name == "gpt":  # tokenizer and token shards built once here, not in a trial's time
                 load_corpus(self.cfg.data, self.cfg.model.vocab_size)
             try:
                 self._loop(pool, journal, history, interrupted)

@@ -231,15 +231,23 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
     (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a rerun after a crash must not read the old result
     (trial_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     timeout_s = timeout_s or 3 * cfg.time_budget_s + 300
+    command = lifeline.command("jaxhpo.trial", str(trial_dir), path=source_path(trial_dir))
+    returncode, started, ended = run_process(command, trial_dir / LOG_FILE, timeout_s, env, cancel)
+    return unless_disk_full(_classify(trial_dir, returncode, timeout_s, started, ended), trial_dir)
+
+
+def run_process(command: list[str], log_path: Path, timeout_s: float, env: Mapping[str, str] | None = None,
+                cancel: threading.Event | None = None,
+                cwd: str | None = None) -> tuple[int | None, float, float]:  # fmt: skip
+    """Run a trial's process, its output into `log_path`, tied to this one (`lifeline`): (its exit code, or None when
+    it was killed at the timeout; start and end time). Setting `cancel` kills it and raises TrialCancelled."""
     started = time.time()
-    with open(trial_dir / LOG_FILE, "w") as log:
+    with open(log_path, "w") as log:
         # A session of its own, so a timeout kills the trainer and any child it started.
         proc = subprocess.Popen(
-            lifeline.command("jaxhpo.trial", str(trial_dir), path=source_path(trial_dir)), stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", lifeline.PARENT_ENV: str(os.getpid()), **(env or {})},
-        )
+        )  # fmt: skip
         try:
             returncode = _wait(proc, started + timeout_s, cancel)
         except BaseException:  # Ctrl-C, a kill of the study, or a cancel: take the trial down with it
@@ -247,11 +255,14 @@ def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None,
             raise
         if returncode is None:
             _kill(proc)
-    ended = time.time()
-    outcome = _classify(trial_dir, returncode, timeout_s, started, ended)
+    return returncode, started, time.time()
+
+
+def unless_disk_full(outcome: Outcome, trial_dir: Path) -> Outcome:
+    """`outcome`, unless the trial failed on a full disk, which says nothing about its configuration: then no
+    outcome (OSError ENOSPC), the trial stays pending, and the study stops (a resume runs it again once there is
+    room)."""
     if outcome.status != "ok" and (free := low_on_space(trial_dir)) is not None:
-        # A trainer that failed on a full disk says nothing about its configuration: no outcome, the trial stays
-        # pending, and the study stops (a resume runs it again once there is room).
         raise OSError(errno.ENOSPC, f"No space left on device ({free // 1024} KiB free) while the trial ran",
                       str(trial_dir))  # fmt: skip
     return outcome

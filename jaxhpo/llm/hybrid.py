@@ -46,8 +46,10 @@ class StructureReply:
 
 
 def menu_text() -> str:
+    """The structural menu as the prompt lists it: each option's values, default and meaning."""
     return "\n".join(f"- {name}: one of {', '.join(structure.show(v) for v in o.values)} "
-                     f"(default {structure.show(o.default)}): {o.means}" for name, o in structure.MENU.items())  # fmt: skip
+                     f"(default {structure.show(o.default)}): {o.means}"
+                     for name, o in structure.MENU.items())  # fmt: skip
 
 
 def _range_text(p: Param) -> str:

@@ -88,7 +88,8 @@ def _lookup(name: str, protocol: ProtocolConfig | None) -> type[Proposer]:
 
 
 __all__ = [
-    "PROPOSERS", "AgentCodeProposer", "CentaurProposer", "CMAESProposer", "HybridProposer", "LLAMBOProposer", "LLMProposer",
+    "PROPOSERS", "AgentCodeProposer", "CentaurProposer", "CMAESProposer", "HybridProposer", "LLAMBOProposer",
+    "LLMProposer",
     "OptunaCMAESMethod", "OptunaCMAESProposer", "OptunaTPEProposer", "Proposal", "Proposer", "RandomProposer",
     "SMACProposer", "SobolProposer", "TPEProposer", "WarmStart", "make_proposer", "options_added", "penalized_values",
     "proposer_options", "resolved_options", "study_space",
