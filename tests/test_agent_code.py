@@ -94,8 +94,8 @@ def test_hill_climbing_keeps_the_best_edit_and_shows_every_result():
 def test_the_surrogate_has_no_source_to_edit(tmp_path):
     proc = run_cli("jaxhpo", "+method=agent_code", "trainer=surrogate", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == ("error: method agent_code edits the trainer's source, and "
-                                                    "trainer=surrogate has none: use trainer=gpt")  # fmt: skip
+    assert proc.stderr.strip().splitlines()[-1] == ("error: method agent_code edits the built-in trainer's source, "
+                                                    "and trainer=surrogate has none: use trainer=gpt")  # fmt: skip
 
 
 class ScriptedServer:

@@ -66,6 +66,17 @@ EXEMPT = {
     "surrogate.table": "a path: whether it holds a table is the surrogate's check, made only under trainer=surrogate",
     "surrogate.journals": "paths: whether they hold journals is the surrogate's check, made only under trainer=surrogate",
     "surrogate.cache_dir": "a folder: any path is a place to cache in (one that cannot be written costs a fit)",
+    "model.mix_scalars": "a bool: its type is its range",
+    "model.qk_norm": "a bool: its type is its range",
+    "model.tie_embeddings": "a bool: its type is its range",
+    "trainer.path": "a script: checked (it exists, it parses, it defines the space's constants) under trainer=script",
+    "trainer.args": "the script's own arguments, passed through to it",
+    "trainer.python": "an interpreter: checked (it exists) under trainer=script|python",
+    "trainer.cwd": "a folder: checked (it exists) under trainer=script|python",
+    "trainer.target": "a function: checked (it imports) under trainer=python",
+    "trainer.metric": "how to read the metric: checked (a regex compiles, with a group) under trainer=script|python",
+    "logger.tracking_uri": "MLflow's store: one that fails is a warning, and the study goes on without it",
+    "logger.experiment": "an MLflow experiment's name: any name makes one",
 }
 RULES = {**FIELD_RULES, **STUDY_RULES}
 
