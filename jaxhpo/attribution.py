@@ -34,13 +34,7 @@ def has_structures(trials: Sequence[TrialRecord]) -> bool:
 
 def structure_of(t: TrialRecord) -> str | None:
     """A trial's structure id; None for a trial whose parameters are not on the menu."""
-    meta = _hybrid(t)
-    if meta is not None:
-        return meta["structure_id"]
-    try:
-        return structure.structure_id(structure.of_params(t.params))
-    except structure.StructureError:
-        return None
+    return structure.id_of(t.params, _hybrid(t))
 
 
 def change_of(t: TrialRecord) -> str:

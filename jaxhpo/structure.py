@@ -133,6 +133,17 @@ def of_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return check({name: params.get(param_name(name), o.default) for name, o in MENU.items()})
 
 
+def id_of(params: Mapping[str, Any], hybrid: Mapping[str, Any] | None = None) -> str | None:
+    """The structure id a configuration builds: the one its trial's `hybrid` meta names, else its parameters'
+    (menu options it lacks at their defaults); None for values off the menu (another method's trial)."""
+    if hybrid is not None:
+        return hybrid["structure_id"]
+    try:
+        return structure_id(of_params(params))
+    except StructureError:
+        return None
+
+
 def describe(changes: Mapping[str, Any]) -> str:
     """Menu choices as `option=value, ...` (empty for none)."""
     return ", ".join(f"{name}={show(value)}" for name, value in changes.items())

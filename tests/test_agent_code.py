@@ -164,7 +164,11 @@ def test_a_study_runs_each_edit_from_its_trial_folder_and_shows_failed_checks(tm
     assert trials[2].error.startswith("source check: model/gpt.py: ") and trials[2].wall_seconds == 0.0
     assert trials[3].error == "source check: RuntimeError: no forward pass today"
     assert "[CRASHED] broken -> crashed: source check: model/gpt.py" in server.prompts[2]
-    assert "[KEPT] half-width MLP" in server.prompts[1] and "model_dim / 2" in server.prompts[2]
+    # Hill-climbing: the edit is kept, and the next prompt edits it, only if it scored better than the default.
+    if edited.val_bpb < trials[0].val_bpb:
+        assert "[KEPT] half-width MLP" in server.prompts[1] and "model_dim / 2" in server.prompts[2]
+    else:
+        assert "[REVERTED] half-width MLP" in server.prompts[1] and "model_dim / 2" not in server.prompts[2]
 
 
 @pytest.mark.skipif(llm_missing() is not None, reason=str(llm_missing()))

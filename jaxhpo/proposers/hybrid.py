@@ -123,7 +123,7 @@ class HybridProposer(Proposer):
     def _inner_ask(self, pending: Sequence[Mapping]) -> Proposal:
         e = self.epoch
         # the running trials of this structure, as the inner proposer sees them: each moves to e.trials when told
-        mine = [self._project(p, e) for p in pending if self._structure_of_params(p) == e.structure_id]
+        mine = [self._project(p, e) for p in pending if structure.id_of(p) == e.structure_id]
         proposal = e.proposer.ask(e.trials, mine)
         params = {**e.start, **proposal.params}
         e.started += 1
@@ -211,7 +211,7 @@ class HybridProposer(Proposer):
 
     def tell(self, trial: TrialRecord) -> None:
         meta = (trial.meta or {}).get("hybrid")
-        sid = self._structure_of(trial)
+        sid = structure.id_of(trial.params, meta)
         if meta is None and sid is not None:  # the default configuration (trial 0), or another method's trial
             self._register(structure.of_params(trial.params), None)
         elif meta is not None and meta["epoch"] is not None and (self.epoch is None or meta["epoch"] > self.epoch.number):
@@ -248,7 +248,7 @@ class HybridProposer(Proposer):
     def _seed_refinement(self) -> None:
         """Tell the refinement's inner proposer every earlier trial of its structure."""
         for t in self.told:
-            if self._structure_of(t) == self.epoch.structure_id:
+            if structure.id_of(t.params, (t.meta or {}).get("hybrid")) == self.epoch.structure_id:
                 self._teach(self.epoch, t)
 
     @staticmethod
@@ -260,19 +260,6 @@ class HybridProposer(Proposer):
         projected = dataclasses.replace(trial, params=self._project(trial.params, e))
         e.trials.append(projected)
         e.proposer.tell(projected)
-
-    @staticmethod
-    def _structure_of_params(params: Mapping) -> str | None:
-        """The structure id a configuration builds (menu options it lacks at their defaults); None for one whose
-        values are not on the menu (another method's trial)."""
-        try:
-            return structure.structure_id(structure.of_params(params))
-        except structure.StructureError:
-            return None
-
-    def _structure_of(self, trial: TrialRecord) -> str | None:
-        meta = (trial.meta or {}).get("hybrid")
-        return meta["structure_id"] if meta is not None else self._structure_of_params(trial.params)
 
     def _register(self, choices: dict, parent: str | None) -> None:
         sid = structure.structure_id(choices)
