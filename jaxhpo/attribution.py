@@ -2,7 +2,7 @@
 
 - `structure_tree`: every structure tried, with its parent, what it changed, its trials and its best val_bpb.
 - `improvement_shares`: the study's total improvement (from its first success to its best) split by the kind of
-  change of the trials that lowered the best-so-far: structural (a new structure's first trial), numeric (the
+  change of the trials that improved the best-so-far: structural (a new structure's first trial), numeric (the
   numbers tuned inside a structure) or noise (a rerun of the default under another training seed).
 - `variance_decomposition`: the share of the variance of the successful trials' val_bpb that lies between
   structures (their means) rather than within them (the numbers): an ANOVA's η².
@@ -107,8 +107,9 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def tree_markdown(rows: Sequence[dict]) -> str:
-    """The structure tree as a table, each structure indented under its parent."""
+def tree_markdown(rows: Sequence[dict], sign: float = 1.0) -> str:
+    """The structure tree as a table, each structure indented under its parent (`sign` -1: a maximized metric,
+    whose own values are shown)."""
     by_parent: dict[str | None, list[dict]] = {}
     for r in rows:
         by_parent.setdefault(r["parent"] if r["parent"] in {x["structure_id"] for x in rows} else None, []).append(r)
@@ -118,20 +119,21 @@ def tree_markdown(rows: Sequence[dict]) -> str:
         for r in by_parent.get(parent, []):
             changes = structure.describe(r["changes"]) or "(the default)"
             lines.append(f"| {'&nbsp;&nbsp;' * depth}{r['structure_id']} | {changes} | {r['trials']} | "
-                         f"{r['failures']} | {_fmt(r['best_val_bpb'], '.4f')} |")  # fmt: skip
+                         f"{r['failures']} | {_fmt(None if r['best_val_bpb'] is None else sign * r['best_val_bpb'], '.4f')} |")  # fmt: skip
             walk(r["structure_id"], depth + 1)
 
     walk(None, 0)
     return "\n".join(lines)
 
 
-def study_markdown(name: str, trials: Sequence[TrialRecord]) -> str:
-    """A study's tree, improvement shares and variance decomposition."""
+def study_markdown(name: str, trials: Sequence[TrialRecord], sign: float = 1.0) -> str:
+    """A study's tree, improvement shares and variance decomposition (trials as proposers see them: a maximized
+    metric negated, `sign` -1)."""
     shares, var = improvement_shares(trials), variance_decomposition(trials)
     pct = lambda v: _fmt(None if v is None else 100 * v, ".0f") + " %"  # noqa: E731
     return "\n\n".join([
         f"### {name}",
-        tree_markdown(structure_tree(trials)),
+        tree_markdown(structure_tree(trials), sign),
         f"Improvement of the best val_bpb from the first success: {shares['total']:.4f}, of which structural changes "
         f"made {pct(shares['structural'])}, numeric tuning {pct(shares['numeric'])} and reruns of the default "
         f"{pct(shares['noise'])}.",
@@ -142,7 +144,7 @@ def study_markdown(name: str, trials: Sequence[TrialRecord]) -> str:
 
 NOTES = ("The tree lists every structure a study tried under the one it was derived from, with the options it "
          "changed. The improvement shares split the fall of the best-so-far val_bpb, from the first successful "
-         "trial to the best, by the kind of change of each trial that lowered it: a structure's first trial is "
+         "trial to the best, by the kind of change of each trial that improved it: a structure's first trial is "
          "structural, the numbers tuned inside a structure numeric. The variance decomposition is η²: the share of "
          "the successful trials' val_bpb variance explained by which structure they ran (between structures) "
          "against their numbers (within); it describes where this study searched, not the structures' worth "

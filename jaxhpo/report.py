@@ -9,6 +9,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import re
 import sys
 import warnings
 from collections import Counter
@@ -286,7 +287,7 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def _improvers(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Trials that lowered their study's best-so-far val_bpb (the first success included)."""
+    """Trials that improved their study's best-so-far val_bpb (the first success included)."""
     best, out = np.inf, []
     for t in trials:
         if not t.failed and t.val_bpb < best:
@@ -600,14 +601,14 @@ def space_markdown(rows: Sequence[dict]) -> str:
     return markdown_table(header, body)
 
 
-def structures_markdown(studies: Sequence[StudyRun], root: Path) -> list[str]:
+def structures_markdown(studies: Sequence[StudyRun], root: Path, sign: float = 1.0) -> list[str]:
     """For studies whose trials carry structures (method=hybrid): each one's structure tree and where its
     improvement came from (jaxhpo.attribution); nothing otherwise."""
     hybrid = [s for s in studies if attribution.has_structures(s.trials)]
     if not hybrid:
         return []
     return ["## Structures", attribution.NOTES,
-            *(attribution.study_markdown(f"{s.label}, seed {s.seed} (`{s.path.relative_to(root)}`)", s.trials)
+            *(attribution.study_markdown(f"{s.label}, seed {s.seed} (`{s.path.relative_to(root)}`)", s.trials, sign)
               for s in hybrid)]  # fmt: skip
 
 
@@ -710,7 +711,7 @@ seeds never give less than 0.0625; {DASH}: fewer than two pairs, or all equal); 
 the number of pairs tested."""
 
 RANK_NOTES = """\
-Each method's rank among the methods on its space (1 = the lowest best-so-far val_bpb, ties share the average
+Each method's rank among the methods on its space (1 = the best best-so-far val_bpb, ties share the average
 rank, no success yet ranks last) at each point of budget spent as the study charged it (protocol.budget_charge;
 budget rather than trial number, because it is what the studies were given and trials differ in length), averaged
 over the seeds every method ran, from 0 to the smallest budget any compared study spent; ranks.png draws it at
@@ -724,7 +725,7 @@ hyperparameter's values are shuffled: the rise in held-out mean squared error in
 prediction); it describes where the methods searched, not the whole space, and says nothing about failures."""
 
 PROPOSER_NOTES = """\
-improvements: trials that lowered their study's best-so-far val_bpb (a study's first success included)."""
+improvements: trials that improved their study's best-so-far val_bpb (a study's first success included)."""
 
 
 def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Sequence[str] = ()) -> str:
@@ -769,7 +770,7 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         PROPOSER_NOTES,
         "## Search spaces",
         space_markdown(_own_values(space_rows(studies), sign)),
-        *structures_markdown(studies, root),
+        *structures_markdown(studies, root, sign),
         "## Studies",
         studies_markdown(studies, root, sign),
     ]
@@ -783,6 +784,8 @@ def write_report(studies: Sequence[StudyRun], root: Path, out: Path, skipped: Se
         plot_ranks(ranks, out / "ranks.png", many_spaces)
         parts.append("![average rank of each method against budget spent](ranks.png)")
     markdown = "\n\n".join(parts) + "\n"
+    if scored and scored[0][0] != "val_bpb":  # headers, notes and captions name the metric the studies scored
+        markdown = re.sub(r"\bval_bpb\b", scored[0][0], markdown)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     return markdown
 
@@ -807,8 +810,8 @@ def _own_values(rows: list[dict], sign: float) -> list[dict]:
 
 def _scored_note(metric: str, direction: str) -> str:
     better = "higher" if direction == "maximize" else "lower"
-    return (f"**These studies score {metric} ({direction}d): every val_bpb in this report is {metric}, and {better} "
-            "is better (ranks and wins count that way).**")
+    return (f"**These studies score {metric} ({direction}d): {better} is better (ranks and wins count that way); "
+            f"report.csv keeps its column names (best_val_bpb_mean, ...) for {metric}.**")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

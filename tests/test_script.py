@@ -4,6 +4,7 @@ missing metric, kill -9 and resume, and one-line refusals."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,5 +242,6 @@ def test_a_metric_to_maximize(tmp_path):
     assert report([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report/report.md").read_text()
     assert "These studies score accuracy (maximized)" in text and "higher is better" in text
+    assert "best accuracy (mean ± std)" in text and re.search(r"\bval_bpb\b", text) is None  # headers name it
     studies_table = text[text.index("## Studies"):]
     assert f"{max(values):.4f}" in studies_table and f"{-max(values):.4f}" not in text  # its own values, not negated
