@@ -118,8 +118,9 @@ def tree_markdown(rows: Sequence[dict], sign: float = 1.0) -> str:
     def walk(parent: str | None, depth: int) -> None:
         for r in by_parent.get(parent, []):
             changes = structure.describe(r["changes"]) or "(the default)"
+            best = None if r["best_val_bpb"] is None else sign * r["best_val_bpb"]
             lines.append(f"| {'&nbsp;&nbsp;' * depth}{r['structure_id']} | {changes} | {r['trials']} | "
-                         f"{r['failures']} | {_fmt(None if r['best_val_bpb'] is None else sign * r['best_val_bpb'], '.4f')} |")  # fmt: skip
+                         f"{r['failures']} | {_fmt(best, '.4f')} |")  # fmt: skip
             walk(r["structure_id"], depth + 1)
 
     walk(None, 0)

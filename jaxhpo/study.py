@@ -33,7 +33,7 @@ from typing import Mapping
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from jaxhpo import script, source
+from jaxhpo import objective, script, source
 from jaxhpo.config import StudyConfig, check_study_settings
 from jaxhpo.footprints import FILE as FOOTPRINTS
 from jaxhpo.footprints import FootprintCache, oom_message
@@ -99,6 +99,12 @@ class Study:
                                                     **cfg.method.options)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
+        self.proposer.objective = objective.for_trainer(self.metric, cfg.study.direction, cfg.trainer.name,
+                                                        cfg.trainer.path or cfg.trainer.target)  # fmt: skip
+        paper = {"llm": "agent", "centaur": "centaur"}.get(self.method)  # the protocol key of its prompts
+        if paper and getattr(cfg.protocol, paper) == "paper" and self.metric != "val_bpb":
+            raise StudyError(f"protocol.{paper}=paper sends the study's own prompts, which score val_bpb: for "
+                             f"study.metric={self.metric} use protocol.{paper}=jaxhpo")  # fmt: skip
         if self.proposer.edits_source and cfg.trainer.name != "gpt":
             raise StudyError(f"method {self.method} edits the built-in trainer's source, and trainer="
                              f"{cfg.trainer.name} has none: use trainer=gpt")  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 from jaxhpo.journal import Journal
 from jaxhpo.llm import llambo
 from jaxhpo.llm.client import Completion
+from jaxhpo.objective import Objective
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.llambo import FALLBACK
 from jaxhpo.report import load_study
@@ -92,6 +93,22 @@ def test_expected_improvement_picks_the_candidate_and_every_call_is_recorded():
     assert "Performance: 1.500000 (failed: oom; scored as the worst success + 0.5)" in sampler
     scorer = json.loads(calls[2]["prompt"])[1]["content"]
     assert "Performance: ## 1.500000 ##" in scorer and "failed" not in scorer
+
+
+def test_a_maximized_metric_is_shown_and_read_as_its_own_values():
+    """The proposer is told accuracy negated (as a study tells it); the LLM reads and writes accuracy itself."""
+    rng = np.random.default_rng(1)
+    cands = [llambo.parse_candidate(block(SPACE.sample(rng)), SPACE) for _ in range(2)]
+    llm = ScriptedN(sampler_or_scorer(cands, {0: [0.70], 1: [0.95]}))  # candidate 1: the higher accuracy
+    p = make_proposer("llambo", SPACE, 0, llm=llm, candidates=2, samples=1)
+    p.objective = Objective("accuracy", "maximize", "We tune a script. Each trial runs it")
+    prop = p.ask(told(p, -0.80, -0.90))
+    assert prop.params == cands[1] and prop.meta["llambo"]["mean"] == pytest.approx(-0.95)
+    sampler = json.loads(prop.meta["llm_turn"][0]["prompt"])[1]["content"]
+    assert "reports accuracy: higher is better" in sampler and "measured in accuracy" in sampler
+    assert "Performance: 0.900000" in sampler and "-0.9" not in sampler
+    # the study's alpha -0.2: a target 20 % of the range worse than the best, 0.9 - 0.2 * (0.9 - 0.8)
+    assert sampler.endswith("Performance: 0.880000\nHyperparameter configuration:")
 
 
 def test_too_few_candidates_are_padded_and_unusable_replies_fall_back():

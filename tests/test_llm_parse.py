@@ -12,8 +12,9 @@ import pytest
 
 from jaxhpo.llm.prompt import (
     MAX_PROMPT_TOKENS, RECENT, REPLY_INSTRUCTION, ReplyError, centaur_prompt, estimate_tokens, fmt_value, json_schema,
-    llm_prompt, parse_reply,
+    llm_prompt, parse_reply, warmstart_prompt,
 )  # fmt: skip
+from jaxhpo.objective import Objective
 from jaxhpo.proposers import CMAESProposer
 from tests.test_proposers import SPACE, objective, record, study
 
@@ -231,6 +232,25 @@ def longest_printed(p) -> object:
     """The value of `p` whose prompt text is longest (e.g. 0.000506 rather than 0.002)."""
     values = list(p.levels) if p.levels is not None else [p.from_unit(u) for u in np.linspace(0, 1, 401)]
     return max(values, key=lambda v: len(fmt_value(v)))
+
+
+def test_a_maximized_metric_reaches_the_prompts_under_its_own_name_and_values(long_study):
+    """Proposers see a maximized metric negated; the LLM is shown its own values, named, with higher better."""
+    history, state = long_study
+    accuracy = Objective("accuracy", "maximize", "We tune the UPPER_CASE constants of the training script t.py. "
+                         "Each trial runs it")  # fmt: skip
+    best = min((t for t in history if not t.failed), key=lambda t: t.val_bpb)
+    for shown, messages in ((history, llm_prompt(SPACE, history, objective=accuracy)),
+                            (history, centaur_prompt(SPACE, state, history, state["next_suggestion"], objective=accuracy)),
+                            (history[:5], warmstart_prompt(SPACE, 3, history[:5], accuracy))):  # fmt: skip
+        text = user_text(messages)
+        assert "Each trial runs it and reports accuracy: higher is better." in text and "val_bpb" not in text
+        last = next(t for t in reversed(shown) if not t.failed)
+        assert "trial proposer accuracy | " in text and f"#{last.number} {last.proposer} {-last.val_bpb:.4f} | " in text
+        assert f" {last.val_bpb:.4f} " not in text  # never the negated value the proposers see
+    assert f"Trial #{best.number}, accuracy {-best.val_bpb:.4f}" in user_text(llm_prompt(SPACE, history,
+                                                                                         objective=accuracy))
+    assert "reach a higher accuracy than the best" in user_text(llm_prompt(SPACE, history, objective=accuracy))
 
 
 def test_the_worst_case_prompts_still_show_20_evaluations():

@@ -175,7 +175,8 @@ def test_kill_9_then_resume(tmp_path):
      (["space.params.X.key=model.depth"], "under trainer=script a key is script.NAME"),
      (["trainer.metric=re:loss"], "trainer.metric regex needs a group"),
      (["trainer.python=/no/python"], "trainer.python=/no/python: no such interpreter"),
-     (["+method=agent_code"], "edits the built-in trainer's source")],  # fmt: skip
+     (["+method=agent_code"], "edits the built-in trainer's source"),
+     (["+method=llm", "protocol=paper", "study.metric=acc"], "protocol.agent=paper sends the study's own prompts")],  # fmt: skip
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, says):
     args = write(tmp_path, SLOW, {"X": {"type": "float", "key": "script.X", "low": 0.0, "high": 1.0, "default": 0.5}})

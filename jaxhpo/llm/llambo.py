@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxhpo.llm.prompt import estimate_tokens
+from jaxhpo.objective import VAL_BPB, Objective
 from jaxhpo.space import Param, Space
 
 SYSTEM = "You are an AI assistant that helps people find information."  # the study's, for both prompts
@@ -54,12 +55,13 @@ def describe(space: Space) -> str:
     return "\n".join(lines)
 
 
-def task(space: Space) -> str:
-    return (
-        "The task: tune a small GPT language model, trained for a fixed budget, to minimize val_bpb (validation "
-        "bits per byte): lower is better. Large models and batches can run out of memory. "
-        f"Hyperparameters: {', '.join(space.names)}."
-    )
+def task(space: Space, objective: Objective = VAL_BPB) -> str:
+    if objective == VAL_BPB:  # the study's words
+        goal = ("The task: tune a small GPT language model, trained for a fixed budget, to minimize val_bpb "
+                "(validation bits per byte): lower is better.")  # fmt: skip
+    else:
+        goal = f"The task: {objective.reports()}"
+    return f"{goal} Large models and batches can run out of memory. Hyperparameters: {', '.join(space.names)}."
 
 
 def shuffled(n: int) -> np.ndarray:
@@ -67,9 +69,10 @@ def shuffled(n: int) -> np.ndarray:
     return np.random.RandomState(0).permutation(n)
 
 
-def _messages(space: Space, parts: Sequence[str]) -> list[dict]:
+def _messages(space: Space, parts: Sequence[str], objective: Objective) -> list[dict]:
     """The study's system message, and the task followed by `parts` as the user message."""
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join([task(space), *parts])}]
+    user = "\n\n".join([task(space, objective), *parts])
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
 def _fitted(build, n: int, max_tokens: int) -> list[dict]:
@@ -83,43 +86,47 @@ def _fitted(build, n: int, max_tokens: int) -> list[dict]:
 
 
 def sampler_prompt(space: Space, observed: Sequence[tuple[Mapping, float, str | None]], target: float,
-                   max_tokens: int) -> list[dict]:  # fmt: skip
+                   max_tokens: int, objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
     """Ask for a configuration expected to reach `target`. `observed`: (params, score, failure or None), in the
-    order to show (already shuffled); a failure's score is its penalty, and its reason is named."""
+    order to show (already shuffled); a failure's score is its penalty, and its reason is named. Scores are
+    minimized values, shown as the metric's own."""
 
     def build(k: int) -> list[dict]:
         rows = []
         for params, score, failure in observed[:k]:
             note = f" (failed: {failure}; scored as the worst success + 0.5)" if failure else ""
-            rows.append(f"Performance: {score:.6f}{note}\nHyperparameter configuration: ## {fmt_config(space, params)} ##")
+            rows.append(f"Performance: {objective.show(score, '.6f')}{note}\n"
+                        f"Hyperparameter configuration: ## {fmt_config(space, params)} ##")
         return _messages(space, [
-            "The following are examples of performance of a GPT model measured in val_bpb and the corresponding "
-            "model hyperparameter configurations. The allowable ranges for the hyperparameters are:\n" + describe(space),
-            f"Recommend a configuration that can achieve the target performance of {target:.6f}. Do not recommend "
+            f"The following are examples of performance of a GPT model measured in {objective.metric} and the "
+            "corresponding model hyperparameter configurations. The allowable ranges for the hyperparameters "
+            "are:\n" + describe(space),
+            f"Recommend a configuration that can achieve the target performance of {objective.show(target, '.6f')}. "
+            "Do not recommend "
             "values at the minimum or maximum of allowable range, do not recommend rounded values. Recommend values "
             "with highest possible precision, as requested by the allowed ranges. Your response must only contain "
             "the predicted configuration, in the format ## configuration ##.",
             *rows,
-            f"Performance: {target:.6f}\nHyperparameter configuration:",
-        ])  # fmt: skip
+            f"Performance: {objective.show(target, '.6f')}\nHyperparameter configuration:",
+        ], objective)  # fmt: skip
 
     return _fitted(build, len(observed), max_tokens)
 
 
 def scorer_prompt(space: Space, observed: Sequence[tuple[Mapping, float, str | None]], candidate: Mapping,
-                  max_tokens: int) -> list[dict]:  # fmt: skip
-    """Ask for the val_bpb `candidate` would reach, from (configuration, performance) examples."""
+                  max_tokens: int, objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
+    """Ask for the metric's value `candidate` would reach, from (configuration, performance) examples."""
 
     def build(k: int) -> list[dict]:
-        rows = [f"Hyperparameter configuration: {fmt_config(space, params, ' is ')}\nPerformance: ## {score:.6f} ##"
-                for params, score, _ in observed[:k]]  # fmt: skip
+        rows = [f"Hyperparameter configuration: {fmt_config(space, params, ' is ')}\n"
+                f"Performance: ## {objective.show(score, '.6f')} ##" for params, score, _ in observed[:k]]  # fmt: skip
         return _messages(space, [
             "The following are hyperparameter configurations for a GPT model and the corresponding performance "
-            "measured in val_bpb. Your response should only contain the predicted val_bpb in the format "
-            "## performance ##.",
+            f"measured in {objective.metric}. Your response should only contain the predicted {objective.metric} in "
+            "the format ## performance ##.",
             *rows,
             f"Hyperparameter configuration: {fmt_config(space, candidate, ' is ')}\nPerformance: ",
-        ])  # fmt: skip
+        ], objective)  # fmt: skip
 
     return _fitted(build, len(observed), max_tokens)
 

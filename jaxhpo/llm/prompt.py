@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxhpo.journal import TrialRecord
+from jaxhpo.objective import VAL_BPB, Objective
 from jaxhpo.space import Param, Space
 
 RECENT = 20  # evaluations shown (the original's "last 20")
@@ -369,25 +370,25 @@ def describe_space(space: Space) -> str:
     return "\n".join(describe_param(p) for p in space.params)
 
 
-def _outcome(t: TrialRecord) -> str:
+def _outcome(t: TrialRecord, objective: Objective = VAL_BPB) -> str:
     if not t.failed:
-        return f"{t.val_bpb:.4f}"
+        return objective.show(t.val_bpb)
     reason = _short(t.error or "", ERROR_CHARS)
     return f"FAILED {t.status}" + (f" ({reason})" if reason and reason != t.status else "")
 
 
-def trials_header(space: Space) -> str:
-    return f"trial proposer val_bpb | {', '.join(space.names)}"
+def trials_header(space: Space, objective: Objective = VAL_BPB) -> str:
+    return f"trial proposer {objective.metric} | {', '.join(space.names)}"
 
 
-def fmt_trial(t: TrialRecord, space: Space) -> str:
-    """One table row: number, proposer, val_bpb or the failure and its reason, then the values in space order."""
+def fmt_trial(t: TrialRecord, space: Space, objective: Objective = VAL_BPB) -> str:
+    """One table row: number, proposer, the metric or the failure and its reason, then the values in space order."""
     values = ", ".join(fmt_value(t.params[n]) if n in t.params else "?" for n in space.names)
-    return f"#{t.number} {t.proposer} {_outcome(t)} | {values}"
+    return f"#{t.number} {t.proposer} {_outcome(t, objective)} | {values}"
 
 
-def fmt_trials(trials: Sequence[TrialRecord], space: Space) -> str:
-    return "\n".join(fmt_trial(t, space) for t in trials)
+def fmt_trials(trials: Sequence[TrialRecord], space: Space, objective: Objective = VAL_BPB) -> str:
+    return "\n".join(fmt_trial(t, space, objective) for t in trials)
 
 
 def best_trial(history: Sequence[TrialRecord]) -> TrialRecord | None:
@@ -411,17 +412,18 @@ def _section(title: str, body: str) -> str:
     return f"## {title}\n{body}"
 
 
-def _recent(history: Sequence[TrialRecord], space: Space, n: int, n_failures: int = 5) -> str:
+def _recent(history: Sequence[TrialRecord], space: Space, n: int, n_failures: int = 5,
+            objective: Objective = VAL_BPB) -> str:  # fmt: skip
     """The last n trials as a table, and the most recent `n_failures` failures before them (where not to go)."""
     rows = list(history)[-n:] if n else []
     if not rows:
         return "none yet"
     skipped = len(history) - len(rows)
     head = f"(oldest first; {skipped} earlier trials not shown)" if skipped else "(oldest first)"
-    text = f"{head}\n{trials_header(space)}\n{fmt_trials(rows, space)}"
+    text = f"{head}\n{trials_header(space, objective)}\n{fmt_trials(rows, space, objective)}"
     earlier = [t for t in list(history)[:skipped] if t.failed][-n_failures:] if n_failures else []
     if earlier:
-        text += "\nEarlier failures:\n" + fmt_trials(earlier, space)
+        text += "\nEarlier failures:\n" + fmt_trials(earlier, space, objective)
     return text
 
 
@@ -471,16 +473,17 @@ SYSTEM = (
     "You propose one hyperparameter configuration at a time as a JSON object."
 )
 
-_GOAL = (
-    "We tune the hyperparameters of a small GPT language model. Each trial trains it for a fixed time and "
-    "reports val_bpb (validation bits per byte): lower is better. A trial fails with oom when the model or "
-    "batch needs more memory than the device has."
-)
+def _goal(objective: Objective) -> str:
+    return f"{objective.reports()} A trial fails with oom when it needs more memory than the device has."
 
-_TABLES = (
-    "Trials are listed one per row: trial number, who proposed it, val_bpb (or FAILED, the status and its "
-    "reason), then the parameter values in the order of the search space."
-)
+
+def _tables(objective: Objective) -> str:
+    return (f"Trials are listed one per row: trial number, who proposed it, {objective.metric} (or FAILED, the "
+            "status and its reason), then the parameter values in the order of the search space.")  # fmt: skip
+
+
+def _best_text(best: TrialRecord, space: Space, objective: Objective) -> str:
+    return f"Trial #{best.number}, {objective.metric} {objective.show(best.val_bpb)}:\n{fmt_config(best.params, space)}"
 
 
 def _reply_format(space: Space) -> str:
@@ -501,32 +504,33 @@ def _messages(static: Sequence[str], dynamic: Sequence[str]) -> list[dict]:
 
 
 def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord | None = None,
-               n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS,
-               pending: Sequence[Mapping] = ()) -> list[dict]:  # fmt: skip
+               n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS, pending: Sequence[Mapping] = (),
+               objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
     """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations (with
     failure reasons), the configurations still running (if any), the best configuration so far, guidance, and
     the JSON-only instruction; at most `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
     best = best if best is not None else best_trial(history)
     if best is not None:
-        best_text = f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}:\n{fmt_config(best.params, space)}"
+        best_text = _best_text(best, space, objective)
     else:
         best_text = "No trial has succeeded yet. The default configuration:\n" + fmt_config(space.default(), space)
     static = [
-        _GOAL,
+        _goal(objective),
         _section("Search space", describe_space(space)),
         _section("How to choose", "\n".join([
-            "- Propose the next configuration to evaluate: one you expect to reach a lower val_bpb than the best.",
+            "- Propose the next configuration to evaluate: one you expect to reach a "
+            f"{objective.better} {objective.metric} than the best.",
             "- Start from the best configuration and change one to three parameters, using what you know about "
             "training GPT models (learning rates, batch sizes, model size for a fixed training time).",
             "- Do not repeat a configuration that was already evaluated.",
             "- Stay away from configurations like the failed ones: after an oom, use a smaller model or batch.",
         ])),  # fmt: skip
-        _TABLES,
+        _tables(objective),
     ]
 
     def build(n: int) -> list[dict]:
         return _messages(static, [
-            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5), objective)),
             *_running(pending, space),
             _section("Best configuration so far", best_text),
             _failures_summary(history) + " " + _reply_format(space),
@@ -545,7 +549,8 @@ def warmstart_schema(space: Space, k: int) -> dict:
             "additionalProperties": False}  # fmt: skip
 
 
-def warmstart_prompt(space: Space, k: int, history: Sequence[TrialRecord] = ()) -> list[dict]:
+def warmstart_prompt(space: Space, k: int, history: Sequence[TrialRecord] = (),
+                     objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
     """The chat messages of a warm start: `k` diverse configurations to run first (a conservative one, an
     aggressive one, creative ones), given the space and the trials so far (usually just the default's)."""
     strategies = [
@@ -555,14 +560,14 @@ def warmstart_prompt(space: Space, k: int, history: Sequence[TrialRecord] = ()) 
     if k > 2:
         strategies.append(f"{'3' if k == 3 else f'3 to {k}'}. Creative: each explores a different trade-off "
                           "(model size against training steps, batch size, learning rates, the schedule).")
-    done = _section("Evaluated so far", _recent(history, space, RECENT, 5)) if history else ""
+    done = _section("Evaluated so far", _recent(history, space, RECENT, 5, objective)) if history else ""
     user = "\n\n".join(x for x in [
-        _GOAL,
+        _goal(objective),
         _section("Search space", describe_space(space)),
         _section(f"Propose {k} different configurations to evaluate first", "\n".join([
             *strategies, "Do not repeat a configuration already evaluated; make the configurations differ.",
         ])),
-        _TABLES if history else "",
+        _tables(objective) if history else "",
         done,
         f'Reply with one JSON object {{"configurations": [...]}} holding {k} objects, each with all {space.dim} '
         f"parameters within their ranges, exactly these keys: {', '.join(space.names)}.",
@@ -620,7 +625,8 @@ def _mean_lines(space: Space, state: Mapping) -> str:
 
 def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord], suggestion: Mapping | None,
                    n_recent: int = RECENT, n_top: int = TOP, max_tokens: int = MAX_PROMPT_TOKENS,
-                   pending: Sequence[Mapping] = (), suggestion_p_fail: float | None = None) -> list[dict]:  # fmt: skip
+                   pending: Sequence[Mapping] = (), suggestion_p_fail: float | None = None,
+                   objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
     """The chat messages for one Centaur LLM turn.
 
     `state` is `CMAESProposer.state_summary()` (optionally with "sigma0", the initial step size); `suggestion` is
@@ -637,12 +643,11 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
     sigma0 = float(state.get("sigma0") or 0.25)
     best = best_trial(history)
     ok = sorted((t for t in history if not t.failed), key=lambda t: t.val_bpb)[:n_top]
-    top = f"{trials_header(space)}\n{fmt_trials(ok, space)}" if ok else "no successful trial yet"
-    best_text = (f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}:\n{fmt_config(best.params, space)}" if best
-                 else "No trial has succeeded yet.")  # fmt: skip
+    top = f"{trials_header(space, objective)}\n{fmt_trials(ok, space, objective)}" if ok else "no successful trial yet"
+    best_text = _best_text(best, space, objective) if best else "No trial has succeeded yet."
     sugg = fmt_config(suggestion, space) if suggestion is not None else "none"
     static = [
-        _GOAL,
+        _goal(objective),
         _section("Search space", describe_space(space)),
         _section("How to choose", "\n".join([
             "CMA-ES proposes most trials. You may replace its next suggestion with your own configuration; "
@@ -654,7 +659,7 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
             "- Steer away from regions where trials failed (after an oom, a smaller model or batch).",
             "- Do not repeat a configuration that was already evaluated.",
         ])),  # fmt: skip
-        _TABLES,
+        _tables(objective),
     ]
     cmaes = "\n".join([
         f"Generation {state.get('generation', '?')}; step size sigma = {sigma:.3f}.",
@@ -671,7 +676,7 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
         return _messages(static, [
             _section("CMA-ES state", cmaes),
             _section(f"Top {len(ok)} trials", top),
-            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5))),
+            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5), objective)),
             *_running(pending, space),
             _section("Best configuration so far", best_text),
             f"Now sigma = {sigma:.3f}, which is {_sigma_phase(sigma, sigma0)}. {_failures_summary(history)} "

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxhpo.journal import TrialRecord
+from jaxhpo.objective import VAL_BPB, Objective
 from jaxhpo.protocol import ProtocolConfig
 from jaxhpo.space import Space
 
@@ -53,6 +54,8 @@ class Proposer(ABC):
     # The proposer's model of where trials fail (jaxhpo.feasibility.FailureModel), if it has one: the study lets it
     # read what the memory pre-flight already knows (jaxhpo.footprints).
     failure_model: Any = None
+    # What the trials score, as an LLM prompt names it (jaxhpo.objective): the study sets it before the first ask.
+    objective: Objective = VAL_BPB
     # A folder of the proposer's own inside the run folder, for a library that writes files (SMAC): the study sets
     # it before the first tell; None outside a study.
     workdir: Path | None = None

@@ -118,7 +118,8 @@ class CentaurProposer(Proposer):
             return Proposal(suggestion.params, "cmaes", suggestion.meta)
         state = dict(self.cmaes.state_summary(pending), sigma0=self.cmaes.sigma0)
         messages = centaur_prompt(self.space, state, history, suggestion.params, max_tokens=prompt_budget(self.llm),
-                                  pending=pending, suggestion_p_fail=suggestion.meta.get("p_fail"))  # fmt: skip
+                                  pending=pending, suggestion_p_fail=suggestion.meta.get("p_fail"),
+                                  objective=self.objective)  # fmt: skip
         params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "centaur", messages, self.space, suggestion.params,
                                                           "CMA-ES's suggestion", self.failure_model)  # fmt: skip
         meta = dict(suggestion.meta, llm_turn=turn)

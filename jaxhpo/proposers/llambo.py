@@ -123,7 +123,7 @@ class LLAMBOProposer(Proposer):
         """Candidates from up to SAMPLER_CALLS sampler calls (`seen` grows with them)."""
         wanted = min(5, self.candidates)
         found: list[dict] = []
-        messages = llambo.sampler_prompt(self.space, examples, target, budget)
+        messages = llambo.sampler_prompt(self.space, examples, target, budget, self.objective)
         for _ in range(SAMPLER_CALLS):
             if len(found) >= wanted:
                 break
@@ -147,10 +147,10 @@ class LLAMBOProposer(Proposer):
         """Mean and std of the surrogate's scores of each candidate."""
         mean, std = np.full(len(found), np.nan), np.full(len(found), np.nan)
         for j, params in enumerate(found):
-            messages = llambo.scorer_prompt(self.space, examples, params, budget)
+            messages = llambo.scorer_prompt(self.space, examples, params, budget, self.objective)
             replies, turn = chat_turn(self.llm, "llambo-scorer", messages, None, llm_failure, n=self.samples,
                                       temperature=SCORER_TEMPERATURE)  # fmt: skip
-            values = np.array([llambo.parse_score(r.text) for r in replies or ()] or [np.nan])
+            values = np.array([self.objective.own(llambo.parse_score(r.text)) for r in replies or ()] or [np.nan])
             if replies is not None:
                 turn["parsed"] = [None if math.isnan(v) else float(v) for v in values]
                 if np.isnan(values).all():

@@ -225,7 +225,8 @@ class LLMProposer(Proposer):
         if self.failure_model is not None:
             self.failure_model.fit(history)
         best = best_trial(history)
-        messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm))
+        messages = llm_prompt(self.space, history, best, pending=pending, max_tokens=prompt_budget(self.llm),
+                              objective=self.objective)  # fmt: skip
         fallback, label = (best.params, "the best configuration") if best else (None, None)
         params, turn, p_fail = reask_if_predicted_to_fail(self.llm, "llm", messages, self.space, fallback, label,
                                                           self.failure_model)  # fmt: skip

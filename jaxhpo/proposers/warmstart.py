@@ -83,7 +83,7 @@ class WarmStart(Proposer):
 
     def _ask_llm(self, history: Sequence[TrialRecord]) -> tuple[list[dict], dict]:
         """The LLM's configurations (none when it fails) and the turn record."""
-        messages = warmstart_prompt(self.space, self.k, history)
+        messages = warmstart_prompt(self.space, self.k, history, self.objective)
         completion, turn = chat_turn(self.llm, "warmstart", messages, warmstart_schema(self.space, self.k),
                                      llm_failure, reply_budget(self.llm, messages, times=self.k))  # fmt: skip
         configs: list[dict] = []
