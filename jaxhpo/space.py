@@ -234,6 +234,24 @@ class Space:
             raise SpaceError(f"expected a point of dimension {self.dim}, got shape {u.shape}")
         return {p.name: plain(p.from_unit(x)) for p, x in zip(self.params, u)}
 
+    def around(self, config: Mapping, radius: float) -> dict:
+        """The definition of the sub-space within `radius` of `config` in unit coordinates (a log range shrinks by
+        a factor, not a difference), each default at `config`'s value; a numeric range keeps at least two values,
+        categoricals keep every choice."""
+        out = self.definition()
+        for p in self.params:
+            if p.type == "categorical":
+                continue
+            u = p.to_unit(p.clamp(config[p.name]))
+            low, high = p.from_unit(u - radius), p.from_unit(u + radius)
+            levels = p.levels
+            if levels is not None and low == high:  # one level: widen to its neighbour inside the range
+                i = levels.index(low)
+                low, high = (levels[i - 1], low) if i == len(levels) - 1 else (low, levels[i + 1])
+            out[p.name] = {**out[p.name], "low": plain(low), "high": plain(high),
+                           "default": plain(min(max(p.clamp(config[p.name]), low), high))}  # fmt: skip
+        return out
+
     def sample(self, rng: np.random.Generator) -> dict:
         """A uniform draw from the unit cube, decoded."""
         return self.from_unit(rng.random(self.dim))

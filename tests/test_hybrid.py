@@ -98,6 +98,24 @@ def test_the_loop_explores_structures_then_refines_with_provenance():
     assert structure.changes(structure.DEFAULT, first.meta["hybrid"]["structure"]) == {"mlp": "gelu"}
 
 
+def test_the_fallback_rule_tunes_the_numbers_near_the_parents_best():
+    p = make_proposer("hybrid", SPACE, 0, inner="random", inner_trials=3, structures=2, patience=5, repeats=1)
+    history = run(p, 8)
+    sub = history[2].meta["hybrid"]["space"]
+    assert history[2].proposer == FALLBACK and set(sub) == set(p.numeric.names)
+    default = p.numeric.default()
+    lr = sub["MATRIX_LR"]  # log range 0.005-0.2 (40x): a factor of 40^0.15 = 1.74 either side of the default
+    assert lr["low"] == pytest.approx(default["MATRIX_LR"] / 40**0.15) and lr["high"] == pytest.approx(
+        default["MATRIX_LR"] * 40**0.15)  # fmt: skip
+    for name, spec in sub.items():  # every range narrower than the whole, around the parent's value
+        whole = next(q for q in p.numeric.params if q.name == name)
+        if whole.type != "categorical":
+            assert whole.low <= spec["low"] <= default[name] <= spec["high"] <= whole.high, name
+            assert (spec["low"], spec["high"]) != (whole.low, whole.high) or len(whole.levels or ()) <= 3, name
+    for r in history[3:5]:  # the epoch's trials stay inside it
+        assert Space("sub", sub).clamp({n: r.params[n] for n in sub})[1] == []
+
+
 def test_stalled_structures_hand_the_budget_to_refinement():
     flat = lambda params: 2.0  # noqa: E731  nothing any structure does helps
     p = make_proposer("hybrid", SPACE, 0, inner="random", inner_trials=2, structures=10, patience=2, noise=0.01)

@@ -7,7 +7,8 @@ search runs in epochs:
 
 1. the LLM sees every structure tried (best val_bpb, trials, failures, best numbers) and answers with a parent,
    the changes to make to it, and the numeric sub-space worth tuning inside (`jaxhpo.llm.hybrid`); a failed or
-   unusable reply falls back to the first untried one-change neighbour of the best structure, over every number;
+   unusable reply falls back to the first untried one-change neighbour of the best structure, over every number
+   near the best structure's (`NEAR`);
 2. an inner proposer (`inner`, any classical method) tunes that sub-space for `inner_trials` trials; its first
    trial is the parent's best numbers in the new structure, the numbers outside the sub-space stay at them;
 3. the epoch's best against the best before it decides whether the structure improved on it by more than the
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 STRUCTURE = "llm-structure"
 FALLBACK = "llm-structure→fallback"
 REPEAT = "repeat"
+NEAR = 0.15  # the fallback sub-space's half-width in unit coordinates: a ×/÷ 1.7 factor on a 40× log range
 
 
 @dataclasses.dataclass
@@ -146,7 +148,7 @@ class HybridProposer(Proposer):
         if untried is None:  # every neighbour of the best tried: nothing left to explore by the rule
             return self._refine(best_id, "every one-change neighbour of the best structure was tried",
                                 {"llm_turn": turn}, pending)  # fmt: skip
-        return self._start(untried, best_id, self._full_space(), FALLBACK, {"llm_turn": turn})
+        return self._start(untried, best_id, self._near(best_id), FALLBACK, {"llm_turn": turn})
 
     def _outer_turn(self):
         from jaxhpo.proposers.llm import chat_turn, llm_failure, scrubbed
@@ -203,6 +205,12 @@ class HybridProposer(Proposer):
         """The sub-space with each default at the epoch's starting value (clamped into its range)."""
         space = Space("sub", space_def)
         return {p.name: {**space_def[p.name], "default": p.clamp(start[p.name])} for p in space.params}
+
+    def _near(self, parent: str) -> dict:
+        """The fallback rule's sub-space: every number, within NEAR of the parent's best in unit coordinates. An
+        inner method starts with random draws, which over the whole space would rarely beat the parent's tuned
+        numbers within one epoch."""
+        return self.numeric.around({**self.space.default(), **self.tried[parent].best_params}, NEAR)
 
     def _full_space(self) -> dict:
         return {n: dict(spec) for n, spec in self.numeric.definition().items()}
