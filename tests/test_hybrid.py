@@ -149,10 +149,10 @@ def test_bad_options_are_refused_in_one_line(options, says):
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_study_refuses_a_bad_option_with_exit_2(tmp_path):
-    proc = run_cli("jaxhpo", "+method=hybrid", "method.options.inner=nope", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "hybrid: inner='nope' is not a classical method" in proc.stderr
+def test_a_study_refuses_a_bad_option_with_exit_2(tmp_path, in_process):
+    code, stderr = in_process(["+method=hybrid", "method.options.inner=nope", f"hydra.run.dir={tmp_path}"])
+    assert code == 2 and "Traceback" not in stderr
+    assert "hybrid: inner='nope' is not a classical method" in stderr
 
 
 def test_a_study_of_the_real_gpt_changes_its_structure_and_resumes_without_asking_again(tmp_path, data_cache):

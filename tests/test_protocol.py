@@ -265,10 +265,10 @@ def test_the_paper_protocol_composes_for_every_method(method, tmp_path):
     (["protocol.cmaes=cma"], "protocol.cmaes"),
     (["protocol=paper", "protocol.budget_charge=cpu"], "protocol.budget_charge"),
 ])  # fmt: skip
-def test_bad_protocol_values_are_refused_in_one_line(args, message, tmp_path):
-    proc = run_cli("jaxhpo", "+method=random", f"hydra.run.dir={tmp_path}", *args)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+def test_bad_protocol_values_are_refused_in_one_line(args, message, tmp_path, in_process):
+    code, stderr = in_process(["+method=random", f"hydra.run.dir={tmp_path}", *args])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], stderr
 
 
 def test_a_paper_study_charges_training_seconds_and_resumes_only_under_the_same_protocol(tmp_path, data_cache):

@@ -178,12 +178,17 @@ def test_kill_9_then_resume(tmp_path):
      (["+method=agent_code"], "edits the built-in trainer's source"),
      (["+method=llm", "protocol=paper", "study.metric=acc"], "protocol.agent=paper sends the study's own prompts")],  # fmt: skip
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, says):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, says, in_process):
+    """In this process; the first case also through the real command line, which must print the same line."""
     args = write(tmp_path, SLOW, {"X": {"type": "float", "key": "script.X", "low": 0.0, "high": 1.0, "default": 0.5}})
     method = [] if any(e.startswith("+method") for e in extra) else ["+method=random"]
-    proc = run_cli("jaxhpo", *method, *args, *extra, f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert says in proc.stderr and "Traceback" not in proc.stderr
+    argv = [*method, *args, *extra, f"hydra.run.dir={tmp_path / 'run'}"]
+    code, stderr = in_process(argv)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and says in lines[0], stderr[-2000:]
+    if extra == ["trainer.path=/nope/train.py"]:
+        proc = run_cli("jaxhpo", *argv)
+        assert proc.returncode == 2 and [x for x in proc.stderr.splitlines() if x.strip()] == lines, proc.stderr
     assert not (tmp_path / "run/journal.sqlite").exists()
 
 

@@ -126,8 +126,8 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
         ("trial.executor=submitit trial.submitit.cluster=pbs", "invalid trial.submitit.cluster='pbs'"),
     ],
 )
-def test_bad_worker_settings_get_one_line(override, needle, tmp_path):
-    proc = run_cli("jaxhpo", "+method=random", *override.split(), f"hydra.run.dir={tmp_path}")
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr
+def test_bad_worker_settings_get_one_line(override, needle, tmp_path, in_process):
+    code, stderr = in_process(["+method=random", *override.split(), f"hydra.run.dir={tmp_path}"])
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(errors) == 1 and needle in errors[0], stderr
     assert not (tmp_path / "journal.sqlite").exists()

@@ -12,17 +12,11 @@ trials keep being refused for one reason.
 
 import dataclasses
 import json
-import logging
-import os
-import signal
-import sys
 import types
 from typing import get_args, get_origin, get_type_hints
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
-import jaxhpo.__main__ as cli
 from jaxhpo.config import STUDY_RULES, StudyConfig
 from jaxhpo.journal import Journal, TrialRecord
 from jaxhpo.space import Space, SpaceError
@@ -139,44 +133,6 @@ def study_args(tmp_path, key: str, value: str) -> list[str]:
         "+method=random", "space=bystander", f"--config-dir={conf}", f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}", f"{key}={value}",
     ]  # fmt: skip
-
-
-@pytest.fixture
-def in_process(monkeypatch, capsys):
-    """Run the CLI in this process: (exit status, stderr). Whatever main() changes for its process is put back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    on_term = signal.getsignal(signal.SIGTERM)
-    # main() pins JAX to the CPU, which later tests in this process may not want; nothing here needs JAX.
-    monkeypatch.setattr(cli, "prepare_process", lambda: __import__("jaxhpo.config"))
-    # Hydra's logging set-up closes every handler of the process. absl's (flax imports it) then closes its stream,
-    # the sys.stderr of its import -- pytest's capture -- unless that is the current sys.stderr, which under capsys
-    # it is not; the process's own stderr it leaves open.
-    if (absl := sys.modules.get("absl.logging")) is not None:
-        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
-
-    def accepted(self):
-        pytest.fail("a bad value was accepted: the study was about to run trials")
-
-    monkeypatch.setattr(Study, "run", accepted)
-
-    def run(args: list[str]) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["jaxhpo", *args])
-        try:
-            with pytest.raises(SystemExit) as stopped:
-                cli.main()
-        finally:
-            # main() sets it for its own process; the subprocesses of later tests would inherit it. Not monkeypatch:
-            # its teardown would put back the value main() set.
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        return stopped.value.code, capsys.readouterr().err
-
-    yield run
-    for handler in set(root.handlers) - set(handlers):  # Hydra's console and job-log handlers
-        handler.close()
-    root.handlers[:], root.level = handlers, level
-    signal.signal(signal.SIGTERM, on_term)
-    GlobalHydra.instance().clear()
 
 
 def assert_refused(code: int, stderr: str, key: str, kind: str, run_dir) -> str:
