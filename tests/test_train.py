@@ -19,8 +19,10 @@ TINY = OmegaConf.load(REPO / "hydra_configs/model/tiny.yaml")
 
 
 def tiny_config(data_cache: str, layout: str = "windows", **overrides) -> TrainConfig:
-    """model=tiny on the standard library, read as the default study reads it (windows) unless `layout` says."""
+    """model=tiny on the standard library, read as the default study reads it (windows) unless `layout` says; its
+    programs in the session's compilation cache, as the study tests' (a shape compiled once loads after)."""
     model = ModelConfig(**{**OmegaConf.to_container(TINY), **overrides.pop("model", {})})
+    overrides.setdefault("compile_cache_dir", f"{data_cache}/xla_cache")
     return TrainConfig(model=model, data=DataConfig(cache_dir=data_cache, layout=layout), **overrides)
 
 
