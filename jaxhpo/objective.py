@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GPT_TASK = "We tune the hyperparameters of a small GPT language model. Each trial trains it for a fixed budget"
+# The built-in trainer's task as the prompts have always put it (a default study's prompts stay as they were)
+GPT_TASK = "We tune the hyperparameters of a small GPT language model. Each trial trains it for a fixed time"
 
 
 @dataclass(frozen=True)

@@ -474,7 +474,8 @@ SYSTEM = (
 )
 
 def _goal(objective: Objective) -> str:
-    return f"{objective.reports()} A trial fails with oom when it needs more memory than the device has."
+    return (f"{objective.reports()} A trial fails with oom when the model or batch needs more memory than the "
+            "device has.")  # fmt: skip
 
 
 def _tables(objective: Objective) -> str:
@@ -483,7 +484,8 @@ def _tables(objective: Objective) -> str:
 
 
 def _best_text(best: TrialRecord, space: Space, objective: Objective) -> str:
-    return f"Trial #{best.number}, {objective.metric} {objective.show(best.val_bpb)}:\n{fmt_config(best.params, space)}"
+    value = objective.show(best.val_bpb)
+    return f"Trial #{best.number}, {objective.metric} {value}:\n{fmt_config(best.params, space)}"
 
 
 def _reply_format(space: Space) -> str:
