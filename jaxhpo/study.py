@@ -59,6 +59,7 @@ from jaxhpo.trial import (
     trial_config,
 )
 from jaxhpo.workers import WorkerPool
+from model import device
 from model.config import KEYS_ADDED, ConfigError, TrainConfig, check_fields
 from model.data import load_corpus
 
@@ -94,6 +95,10 @@ class Study:
         if self.metric != "val_bpb" and cfg.trainer.name == "surrogate":
             raise StudyError(f"study.metric={self.metric}: trainer=surrogate predicts val_bpb only")
         self.method = cfg.method.name
+        if self.trial.compile_cache:
+            # A proposer's own JAX programs (evosax's CMA-ES compiles for seconds as it is made) load from the
+            # persistent cache the trials share, so a resume or a grid's next study does not compile them again.
+            device.enable_compile_cache(self.trial.compile_cache_dir)
         try:
             self.proposer: Proposer = make_proposer(self.method, self.space, cfg.seed, protocol=cfg.protocol,
                                                     **cfg.method.options)  # fmt: skip

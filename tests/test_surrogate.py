@@ -168,3 +168,12 @@ def test_a_surrogate_study_answers_in_process_whatever_the_executor(tmp_path):
     with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
         assert len(journal.trials()) == 3
     assert not (tmp_path / "submitit").exists()
+
+
+def test_a_cmaes_study_keeps_its_own_programs_in_the_shared_compilation_cache(tmp_path):
+    """The study process's evosax programs go to trial.compile_cache_dir (a surrogate's trials compile nothing)."""
+    cache = tmp_path / "xla_cache"
+    proc = run_cli("jaxhpo", "+method=cmaes", "trainer=surrogate", "study.budget_s=null", "study.max_trials=3",
+                   f"trial.compile_cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(cache.iterdir())) >= 2  # CMA-ES's init and its ask/tell, at least
