@@ -2,7 +2,7 @@
 in the 14-D autoresearch space, and what that costs as a share of a trial.
 
     python benchmarks/proposer_overhead.py [--methods random tpe cmaes] [--sizes 50 200 500] [--repeats 22]
-                                           [--trial-seconds 300 15] [--json PATH]
+                                           [--trial-seconds 300 15] [--compile-cache DIR] [--json PATH]
 
 What is measured. For each method one sequential study runs as `jaxhpo.study` runs it, without the trainer: trial 0
 is the space default, told; then `ask(history)`, the trial's result, `tell(record)`, until max(sizes) + repeats
@@ -25,7 +25,10 @@ built, and evosax's tell at its first generation update. That is paid once per p
 rows: a first proposer is built and runs the first 12 trials of the study (the default, the rest of generation 0,
 one ask of generation 1), timed as a whole; then a second proposer does the same (same seed, nothing left to
 compile); the difference is the one-off cost. Both come before the measured study. Random and TPE compile nothing,
-so theirs is about zero (noise either way).
+so theirs is about zero (noise either way). A study keeps these programs in the persistent compilation cache its
+trials share (`trial.compile_cache_dir`): `--compile-cache DIR` uses one, so a second run with the same DIR shows
+the first-in-process cost when a resumed study or a grid's next study loads them instead (run it twice:
+`--methods cmaes --sizes 12 --repeats 1 --compile-cache /tmp/c`).
 
 JAX runs on the CPU, as in the study process (jax_platforms=cpu). Timings are wall-clock on whatever else the
 machine is doing: the load average at start and end is printed beside them.
@@ -47,6 +50,7 @@ from proposer_quality import autoresearch as objective
 from jaxhpo.journal import TrialRecord
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.cmaes import default_population_size
+from model import device
 
 # Trial 0 (the default, injected) and 10 asked trials complete CMA-ES's first generation, whose last tell runs
 # evosax's first update; one more ask of the next generation. Every jit compile of CMA-ES happens in these.
@@ -115,10 +119,13 @@ def main() -> None:
     parser.add_argument("--trial-seconds", nargs="+", type=float, default=[300.0, 15.0],
                         help="trial lengths to express the overhead as a share of")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile-cache", type=Path, help="the persistent compilation cache to use (as a study does)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     # As the study process does (jaxhpo.__main__.prepare_process): evosax's arrays are tiny, the GPU is the trainer's.
     jax.config.update("jax_platforms", "cpu")
+    if args.compile_cache:
+        device.enable_compile_cache(str(args.compile_cache))
     if min(args.sizes) < WARMUP_TRIALS:
         parser.error(f"--sizes must be at least {WARMUP_TRIALS}: earlier trials hold the one-off costs")
 
