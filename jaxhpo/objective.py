@@ -23,12 +23,17 @@ class Objective:
     task: str = GPT_TASK
 
     @property
+    def sign(self) -> float:
+        """-1 for a maximized metric (proposers see it negated), 1 otherwise."""
+        return -1.0 if self.direction == "maximize" else 1.0
+
+    @property
     def better(self) -> str:
-        return "higher" if self.direction == "maximize" else "lower"
+        return "higher" if self.sign < 0 else "lower"
 
     def own(self, value: float) -> float:
         """A minimized value as the metric's own (and back)."""
-        return -value if self.direction == "maximize" else value
+        return self.sign * value
 
     def show(self, value: float, spec: str = ".4f") -> str:
         """A minimized value written as the metric's own."""

@@ -89,9 +89,11 @@ class Study:
             self._check_base()
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
         self.metric = cfg.study.metric
+        self.objective = objective.for_trainer(self.metric, cfg.study.direction, cfg.trainer.name,
+                                               cfg.trainer.path or cfg.trainer.target)  # fmt: skip
         # Proposers minimize: a metric to maximize reaches them (and the study's history) negated; the journal, the
         # logs and summary.json keep its own values.
-        self.sign = -1.0 if cfg.study.direction == "maximize" else 1.0
+        self.sign = self.objective.sign
         if self.metric != "val_bpb" and cfg.trainer.name == "surrogate":
             raise StudyError(f"study.metric={self.metric}: trainer=surrogate predicts val_bpb only")
         self.method = cfg.method.name
@@ -104,8 +106,7 @@ class Study:
                                                     **cfg.method.options)  # fmt: skip
         except ValueError as e:
             raise StudyError(str(e)) from None
-        self.proposer.objective = objective.for_trainer(self.metric, cfg.study.direction, cfg.trainer.name,
-                                                        cfg.trainer.path or cfg.trainer.target)  # fmt: skip
+        self.proposer.objective = self.objective
         paper = {"llm": "agent", "centaur": "centaur"}.get(self.method)  # the protocol key of its prompts
         if paper and getattr(cfg.protocol, paper) == "paper" and self.metric != "val_bpb":
             raise StudyError(f"protocol.{paper}=paper sends the study's own prompts, which score val_bpb: for "
