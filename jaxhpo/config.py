@@ -11,12 +11,14 @@ from omegaconf import MISSING
 
 from jaxhpo.llm.client import LLMConfig, check_llm_config
 from jaxhpo.protocol import PROTOCOL_RULES, ProtocolConfig
+from jaxhpo.pruners import PRUNERS
 from jaxhpo.space import SpaceConfig
 from jaxhpo.surrogate.model import CLASSIFIERS, REGRESSORS
 from jaxhpo.trial import TrialConfig
 from jaxhpo.workers import EXECUTORS
 from model.config import (
     FIELD_RULES,
+    ConfigError,
     POSITIVE_INT,
     ModelConfig,
     Rule,
@@ -100,6 +102,13 @@ class StudySettings:
     workers: int = 1  # trials running at once, each on its own GPU or share of the CPU cores (jaxhpo.workers)
     # Stop once this many trials in a row were refused for the same reason (jaxhpo.study); 0 or None = never.
     max_consecutive_refusals: Optional[int] = 5
+    # Stop hopeless trials at rungs (jaxhpo.pruners): none | median | asha, with the rungs as fractions of the
+    # trial budget (None: median 0.25, 0.5, 0.75; asha eta^-2, eta^-1), the trials a rung needs before it prunes,
+    # and asha's eta (it keeps the best 1/eta at each rung).
+    pruner: str = "none"
+    pruner_rungs: Optional[list[float]] = None
+    pruner_min_trials: int = 5
+    pruner_eta: int = 3
 
 
 @dataclass
@@ -138,6 +147,12 @@ STUDY_RULES: dict[str, Rule] = {
     "study.budget_s": optional(positive(" seconds"), "for no budget"),
     "study.workers": at_least(1),
     "study.max_consecutive_refusals": optional(non_negative(" trials"), "to never stop (as 0 does)"),
+    "study.pruner": one_of(PRUNERS),
+    "study.pruner_rungs": optional(Rule(lambda v: len(v) > 0 and FIELD_RULES["rungs"].ok(v),
+                                       "must be increasing fractions of the trial budget, each in (0, 1), e.g. "
+                                       "[0.25,0.5]", [0.5, 0.25]), "for the pruner's own"),  # fmt: skip
+    "study.pruner_min_trials": at_least(1),
+    "study.pruner_eta": at_least(2, "must be at least 2 (asha keeps the best 1/eta of the trials at a rung)"),
     "trial.budget": optional(FIELD_RULES["budget"], "for flops on a CPU (with trial.budget_flops), else time"),
     "trial.time_budget_s": FIELD_RULES["time_budget_s"],
     "trial.budget_flops": optional(positive(" FLOPs"), "unless trial.budget=flops"),
@@ -172,4 +187,19 @@ def check_study_settings(cfg: StudyConfig) -> None:
     for key, rule in STUDY_RULES.items():
         rule.check(key, get_field(cfg, key))
     check_llm_config(cfg.llm)
+    if cfg.study.pruner != "none" and (why := _cannot_prune(cfg)):
+        raise ConfigError(f"study.pruner={cfg.study.pruner}: {why}, or set study.pruner=none")
+
+
+def _cannot_prune(cfg: StudyConfig) -> str | None:
+    """Why the study's trials cannot be pruned, or None."""
+    if cfg.protocol.name == "paper":
+        return "protocol=paper runs every trial to its end, as the study did"
+    if cfg.trainer.name != "gpt":
+        return f"trainer={cfg.trainer.name} reports no rungs; the built-in trainer (trainer=gpt) does"
+    if cfg.study.metric != "val_bpb":
+        return f"its rungs score held-out bpb, so it prunes studies of val_bpb, not {cfg.study.metric}"
+    if cfg.trial.executor != "local":
+        return "a submitit job is out of the study's reach while it runs: use trial.executor=local"
+    return None
 

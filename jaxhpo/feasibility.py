@@ -61,7 +61,7 @@ def avoid_failures_option(method: str, value: Any, protocol: Any = None) -> bool
 
 class FailureModel:
     """p_fail(configs): the probability that each configuration fails, from a classifier fitted on the told trials'
-    unit encodings (label: the trial failed). Trials lost to their LLM call never ran and are left out. With no
+    unit encodings (label: the trial failed; a pruned one did not). Trials lost to their LLM call never ran and are left out. With no
     failure or no success yet it knows nothing: p_fail is 0 everywhere."""
 
     def __init__(self, space: Space, seed: int = 0, threshold: float = THRESHOLD):
@@ -82,7 +82,8 @@ class FailureModel:
         """Fit on the trials that ran; refits only when they differ from the last fit's (same history, no work)."""
         ran = [t for t in history if not (t.error or "").startswith(NOT_RUN_PREFIX)]
         X = np.array([self._unit(t) for t in ran]).reshape(len(ran), self.space.dim)
-        y = np.array([t.failed for t in ran], dtype=bool)
+        # A pruned trial ran until its pruner stopped it: slow to learn, not infeasible.
+        y = np.array([t.failed and t.status != "pruned" for t in ran], dtype=bool)
         if self._data is not None and np.array_equal(X, self._data[0]) and np.array_equal(y, self._data[1]):
             return self
         self._data, self._clf = (X, y), None

@@ -7,7 +7,7 @@ reports read while the study writes: in WAL readers never block the writer and t
 whereas a rollback-journal reader's shared lock would make `append` wait or fail with "database is locked".
 (WAL needs shared memory between the processes, so the run folder must be on a local filesystem, not NFS.)
 
-Schema version 4 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
+Schema version 5 (`PRAGMA user_version`), identified as ours by `PRAGMA application_id`:
 
     trials(number INTEGER PRIMARY KEY, params JSON, space_id, method, proposer, status, val_bpb, error,
            wall_seconds, training_seconds, peak_memory_mb, started_at, ended_at, seed, meta JSON, result JSON)
@@ -17,7 +17,7 @@ Schema version 4 (`PRAGMA user_version`), identified as ours by `PRAGMA applicat
     pending(number PRIMARY KEY, params JSON, proposer, meta JSON, llm_turn JSON, started_at)  -- version 3
 
 `llm_turns` has one row per LLM call, keyed by (trial_number, call): most methods make one call for a trial
-(call 0), LLAMBO many (version 4; before it, one row per trial).
+(call 0), LLAMBO many (version 4; before it, one row per trial). Version 5 admits the status `pruned`.
 
 `pending` holds the trials that have started and not finished: a row is written (durably) before a trial's
 process starts and deleted in the transaction that appends the finished trial. After a crash or a kill of the
@@ -44,13 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("ok", "oom", "diverged", "timeout", "crashed")
+STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "pruned")  # pruned: version 5
 JOURNAL_FILE = "journal.sqlite"  # a study's journal, in its run folder
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x4A485031  # "JHP1": tells our files apart from any other SQLite database
 
-_SCHEMA_V1 = f"""
+_SCHEMA_TRIALS = f"""
 CREATE TABLE trials (
     number INTEGER PRIMARY KEY,
     params TEXT NOT NULL,
@@ -68,7 +68,8 @@ CREATE TABLE trials (
     seed INTEGER NOT NULL,
     meta TEXT NOT NULL,
     result TEXT NOT NULL
-);
+)"""
+_SCHEMA_V1 = f"""{_SCHEMA_TRIALS};
 CREATE TABLE study (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -130,10 +131,26 @@ def _calls_per_trial(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE llm_turns_v3")
 
 
+def _pruned_status(conn: sqlite3.Connection) -> None:
+    """Version 4 -> 5: `trials` admits the status 'pruned'. SQLite cannot alter a CHECK constraint, so the table
+    is made again; llm_turns references it and is made again too, old tables dropped in the order foreign keys
+    allow (renaming `trials` points the old llm_turns at the renamed table)."""
+    conn.execute("ALTER TABLE llm_turns RENAME TO llm_turns_v4")
+    conn.execute("ALTER TABLE trials RENAME TO trials_v4")
+    conn.execute(_SCHEMA_TRIALS)
+    conn.execute(_SCHEMA_LLM_TURNS)
+    conn.execute(f"INSERT INTO trials ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM trials_v4")
+    conn.execute(f"INSERT INTO llm_turns ({', '.join(_LLM_TURN_COLUMNS)}) "
+                 f"SELECT {', '.join(_LLM_TURN_COLUMNS)} FROM llm_turns_v4")  # fmt: skip
+    conn.execute("DROP TABLE llm_turns_v4")
+    conn.execute("DROP TABLE trials_v4")
+
+
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: lambda conn: conn.execute(_SCHEMA_LLM_TURNS_V2),
     2: lambda conn: conn.execute(_SCHEMA_PENDING),
     3: _calls_per_trial,
+    4: _pruned_status,
 }
 
 _COLUMNS = (

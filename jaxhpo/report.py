@@ -694,9 +694,9 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 NOTES = f"""\
-failed % counts every trial that did not finish ok (oom, diverged, timeout, crashed), as the original study's
-table did; OOM % counts status oom alone, and in brackets the share the memory pre-flight refused after compiling
-(predicted) rather than trials that really ran out of memory. Percentages and totals pool all trials of a method's
+failed % counts every trial that did not finish ok (oom, diverged, timeout, crashed; pruned, stopped early by
+study.pruner), as the original study's table did; OOM % counts status oom alone, and in brackets the share the
+memory pre-flight refused after compiling (predicted) rather than trials that really ran out of memory. Percentages and totals pool all trials of a method's
 studies; best val_bpb is the mean ± sample std (ddof 1) of each study's best, over the studies with a success
 ({DASH}: fewer than two). LLM calls: failed %: the share of LLM calls that failed or whose reply was not used. LLM s / turn: the seconds of LLM calls per trial an LLM was asked for (never charged to the budget). Budget used: summed trial
 wall time per study (what the budget is charged; LLM time is not), and its share of study.budget_s where recorded.

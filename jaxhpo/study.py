@@ -45,6 +45,7 @@ from jaxhpo.llm.server import llm_session
 from jaxhpo.proposers import make_proposer, options_added, proposer_options, resolved_options, study_space
 from jaxhpo.proposers.base import Proposal, Proposer
 from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
+from jaxhpo.pruners import Pruner
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
 from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, load_table
@@ -97,6 +98,8 @@ class Study:
         if self.metric != "val_bpb" and cfg.trainer.name == "surrogate":
             raise StudyError(f"study.metric={self.metric}: trainer=surrogate predicts val_bpb only")
         self.method = cfg.method.name
+        st = cfg.study
+        self.pruner = Pruner(st.pruner, st.pruner_rungs, st.pruner_min_trials, st.pruner_eta)
         if self.trial.compile_cache:
             # A proposer's own JAX programs (evosax's CMA-ES compiles for seconds as it is made) load from the
             # persistent cache the trials share, so a resume or a grid's next study does not compile them again.
@@ -221,6 +224,7 @@ class Study:
             history = [self._oriented(t) for t in journal.trials()]
             for trial in history:
                 self.proposer.tell(trial)
+                self.pruner.tell(trial)
             if self.logger is not None:  # the study's run, and the finished trials a crash kept from it
                 self.logger.start({"method": self.method, "seed": self.cfg.seed, "space_id": self.space.space_id,
                                    **{k: v for k, v in self.trainer_settings().items() if v is not None}})  # fmt: skip
@@ -323,6 +327,9 @@ class Study:
         if "trainer" in stored:  # a key added since the journal was written had the value it has there
             stored_trainer = {**KEYS_ADDED, "trainer.name": "gpt", **stored_trainer}
         clash += [(k, stored_trainer.get(k), v) for k, v in trainer.items() if stored_trainer.get(k, v) != v]
+        pruner = self.pruner.settings()
+        stored_pruner = {"study.pruner": "none", **stored.get("pruner", {})} if stored else pruner  # before pruners: none
+        clash += [(k, stored_pruner.get(k), v) for k, v in pruner.items() if stored_pruner.get(k) != v]
         # The method's options as the proposer takes them (its defaults filled in); journals before they were
         # recorded cannot say which they ran with and are accepted. An option added since ran as it did before.
         options = json.loads(json.dumps({**proposer_options(self.method, self.cfg.protocol),
@@ -355,6 +362,8 @@ class Study:
             updates["trainer"] = trainer
         if "protocol" not in stored:
             updates["protocol"] = protocol
+        if "pruner" not in stored:
+            updates["pruner"] = pruner
         journal.set_study_info(updates)
 
     def _loop(self, pool: WorkerPool, journal: Journal, history: list[TrialRecord],
@@ -395,6 +404,8 @@ class Study:
                         continue
                     if repairs:
                         trial.meta["repairs"] = repairs
+                    if self.pruner.active:
+                        train_cfg.rungs = list(self.pruner.rungs)
                     if "train_seed" in trial.meta:  # a rerun under another training seed (hybrid's noise)
                         train_cfg.seed = int(trial.meta["train_seed"])
                     trial_dir = self._trial_dir(trial.number)
@@ -408,7 +419,8 @@ class Study:
                             self.console.print(note, highlight=False)
                     else:
                         journal.start(trial)
-                    pool.start(trial.number, train_cfg, trial_dir, self.trial.timeout_s)
+                    watch = self.pruner.watch(trial.number, trial_dir) if self.pruner.active else None
+                    pool.start(trial.number, train_cfg, trial_dir, self.trial.timeout_s, watch)
                     running[trial.number] = trial
                 if not running:
                     if stop:
@@ -506,6 +518,7 @@ class Study:
             self.logger.trial(record, self._trial_dir(record.number))
         told = self._oriented(record)
         self.proposer.tell(told)
+        self.pruner.tell(record)
         history.append(told)
         self._show(record, history, trial.llm_turn)
 
@@ -521,7 +534,7 @@ class Study:
         ok = [t.val_bpb for t in history if not t.failed]  # as told: a maximized metric negated
         best = f"{self.sign * min(ok):.4f}" if ok else "-"
         value = f"{record.val_bpb:.4f}" if record.val_bpb is not None else "-"
-        style = "green" if record.status == "ok" else "red"
+        style = {"ok": "green", "pruned": "yellow"}.get(record.status, "red")
         budget = self.cfg.study.budget_s
         left = f"{max(0.0, budget - self._spent(history)):.0f}s" if budget else "∞"
         line = (

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Mapping, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import OmegaConf
 
@@ -222,25 +222,39 @@ class TrialCancelled(RuntimeError):
     """The study stopped while the trial ran; its process was killed and it has no outcome."""
 
 
+class TrialPruned(RuntimeError):
+    """The study's pruner stopped the trial at a rung (`report`, from `jaxhpo.pruners.Pruner.watch`)."""
+
+    def __init__(self, report: dict):
+        super().__init__(report["reason"])
+        self.report = report
+
+
 def run_trial(cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None, env: Mapping[str, str] | None = None,
-              cancel: threading.Event | None = None) -> Outcome:  # fmt: skip
+              cancel: threading.Event | None = None, watch: Callable[[], dict | None] | None = None) -> Outcome:  # fmt: skip
     """Train `cfg` in a fresh subprocess in `trial_dir` (with `env` added to its environment) and classify how it
-    ended. Setting `cancel` kills the subprocess and raises TrialCancelled."""
+    ended. Setting `cancel` kills the subprocess and raises TrialCancelled; `watch` (a pruner's, polled while it
+    runs) returning a report kills it and makes it `pruned`."""
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a rerun after a crash must not read the old result
     (trial_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     timeout_s = timeout_s or 3 * cfg.time_budget_s + 300
     command = lifeline.command("jaxhpo.trial", str(trial_dir), path=source_path(trial_dir))
-    returncode, started, ended = run_process(command, trial_dir / LOG_FILE, timeout_s, env, cancel)
+    started = time.time()
+    try:
+        returncode, started, ended = run_process(command, trial_dir / LOG_FILE, timeout_s, env, cancel, watch=watch)
+    except TrialPruned as e:
+        return pruned(e.report, started, time.time())
     return unless_disk_full(_classify(trial_dir, returncode, timeout_s, started, ended), trial_dir)
 
 
 def run_process(command: list[str], log_path: Path, timeout_s: float, env: Mapping[str, str] | None = None,
-                cancel: threading.Event | None = None,
-                cwd: str | None = None) -> tuple[int | None, float, float]:  # fmt: skip
+                cancel: threading.Event | None = None, cwd: str | None = None,
+                watch: Callable[[], dict | None] | None = None) -> tuple[int | None, float, float]:  # fmt: skip
     """Run a trial's process, its output into `log_path`, tied to this one (`lifeline`): (its exit code, or None when
-    it was killed at the timeout; start and end time). Setting `cancel` kills it and raises TrialCancelled."""
+    it was killed at the timeout; start and end time). Setting `cancel` kills it and raises TrialCancelled; a
+    report from `watch` kills it and raises TrialPruned."""
     started = time.time()
     with open(log_path, "w") as log:
         # A session of its own, so a timeout kills the trainer and any child it started.
@@ -249,7 +263,7 @@ def run_process(command: list[str], log_path: Path, timeout_s: float, env: Mappi
             env={**os.environ, "PYTHONUNBUFFERED": "1", lifeline.PARENT_ENV: str(os.getpid()), **(env or {})},
         )  # fmt: skip
         try:
-            returncode = _wait(proc, started + timeout_s, cancel)
+            returncode = _wait(proc, started + timeout_s, cancel, watch)
         except BaseException:  # Ctrl-C, a kill of the study, or a cancel: take the trial down with it
             _kill(proc)
             raise
@@ -274,14 +288,19 @@ def source_path(trial_dir: Path) -> str | None:
     return str(src.resolve()) if src.is_dir() else None
 
 
-def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None) -> int | None:
-    """The exit code, or None at the deadline; raises TrialCancelled once `cancel` is set."""
+def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None,
+          watch: Callable[[], dict | None] | None = None) -> int | None:  # fmt: skip
+    """The exit code, or None at the deadline; raises TrialCancelled once `cancel` is set, TrialPruned once `watch`
+    returns a report."""
+    poll = 0.25 if watch is not None else 1.0  # a pruned trial trains on until the next look
     while True:
         try:
-            return proc.wait(timeout=max(0.0, min(1.0, deadline - time.time())))
+            return proc.wait(timeout=max(0.0, min(poll, deadline - time.time())))
         except subprocess.TimeoutExpired:
             if cancel is not None and cancel.is_set():
                 raise TrialCancelled("the study stopped") from None
+            if watch is not None and (report := watch()) is not None:
+                raise TrialPruned(report) from None
             if time.time() >= deadline:
                 return None
 
@@ -291,6 +310,14 @@ def _kill(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def pruned(report: dict, started: float, ended: float) -> Outcome:
+    """The outcome of a trial its pruner stopped: the rung's report, every report before it, and the training
+    seconds it had run (what budget_charge=training would charge an ok trial)."""
+    result = {"status": "pruned", "pruned": {k: report[k] for k in ("rung", "fraction", "step", "value")},
+              "rungs": report["rungs"], "training_seconds": report["training_seconds"]}  # fmt: skip
+    return Outcome("pruned", None, report["reason"], ended - started, started, ended, result)
 
 
 def refused(error: str, at: float) -> Outcome:

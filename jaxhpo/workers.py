@@ -111,10 +111,12 @@ class WorkerPool:
     def running(self) -> int:
         return len(self._futures)
 
-    def start(self, key: Hashable, cfg: TrainConfig, trial_dir: str | Path, timeout_s: float | None) -> None:
-        """Run a trial on a free slot; its outcome comes back from `wait` under `key`."""
+    def start(self, key: Hashable, cfg: TrainConfig, trial_dir: str | Path, timeout_s: float | None,
+              watch: Callable[[], dict | None] | None = None) -> None:  # fmt: skip
+        """Run a trial on a free slot; its outcome comes back from `wait` under `key`. `watch`: a pruner's check
+        of a local trial (`run_trial`)."""
         slot = self._free.pop(0)
-        future = self._threads.submit(self._run, cfg, Path(trial_dir), timeout_s, self._envs[slot])
+        future = self._threads.submit(self._run, cfg, Path(trial_dir), timeout_s, self._envs[slot], watch)
         self._futures[future] = (key, slot)
 
     def wait(self) -> list[tuple[Hashable, Outcome]]:
@@ -150,12 +152,14 @@ class WorkerPool:
         return (f"cancelled submitit job {record['job_id']}, left running for trial {Path(trial_dir).name} by the "
                 "interrupted study")  # fmt: skip
 
-    def _run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None, env: dict) -> Outcome:
+    def _run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None, env: dict,
+             watch: Callable[[], dict | None] | None) -> Outcome:  # fmt: skip
         started = time.time()
         try:
             if self.trial.executor == "submitit":
                 return _run_submitit(self.trial.submitit, self.run_dir, cfg, trial_dir, timeout_s, env, self._cancel)
-            return self._run_local(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel)
+            return self._run_local(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel,
+                                   **({"watch": watch} if watch is not None else {}))  # fmt: skip
         except TrialCancelled:
             raise
         except OSError as e:

@@ -62,6 +62,9 @@ class TrainConfig:
     log_every_s: float = 10.0  # progress lines when stdout is not a terminal
     preflight: bool = True  # refuse (status oom, predicted) a run XLA's memory analysis says cannot fit
     compile_cache_dir: Optional[str] = None  # persistent XLA compilation cache, shared by runs; None = off
+    # Fractions of the budget at which the run scores a quarter of the held-out set and appends the result to
+    # rungs.jsonl in its folder, where a study's pruner reads it (jaxhpo.pruners); empty: no rungs.
+    rungs: list[float] = field(default_factory=list)
 
 
 # Settings added after runs were saved, with the value every run saved before them ran with.
@@ -199,6 +202,8 @@ FIELD_RULES: dict[str, Rule] = {
     "memory_fraction": interval(0, 1, open_low=True),
     "gpu_memory_fraction": optional(interval(0, 1, open_low=True), "to let memory_limit_gb (or memory_fraction) decide"),
     "memory_limit_gb": optional(positive(), "for no limit"),
+    "rungs": Rule(lambda v: all(0 < f < 1 for f in v) and list(v) == sorted(set(v)),
+                  "must be increasing fractions of the budget, each in (0, 1)", [0.5, 0.25]),
     "log_every_s": non_negative(" seconds"),
 }
 

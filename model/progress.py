@@ -1,9 +1,12 @@
-"""Progress of a training run: a live bar on a terminal, a plain line every few seconds in a log file."""
+"""Progress of a training run: a live bar on a terminal, a plain line every few seconds in a log file, and the
+rung reports a study's pruner reads while the run goes on."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -45,3 +48,29 @@ class TrainProgress:
             self._last_log = time.monotonic()
             left = f"{self.steps - step} steps" if self.steps is not None else f"{max(0.0, self.budget - done):.0f}s"
             print(f"step {step}  loss {loss:.4f}  {tok_s:,.0f} tok/s  {left} left", file=sys.stderr, flush=True)
+
+
+RUNGS_FILE = "rungs.jsonl"
+
+
+class Rungs:
+    """The run's reports at `fractions` of its budget: each a JSON line appended to RUNGS_FILE in `out_dir` and
+    flushed at once, because the study reads that file while the run goes on (jaxhpo.pruners) and may stop it."""
+
+    def __init__(self, fractions: list[float], out_dir: Path):
+        self.fractions, self.path = list(fractions), Path(out_dir) / RUNGS_FILE
+        self.reports: list[dict] = []
+        self.path.unlink(missing_ok=True)  # a rerun of an interrupted trial reports afresh
+
+    def due(self, progress: float) -> bool:
+        """Whether the run, `progress` of the way through its budget, has passed a rung it has not reported."""
+        return len(self.reports) < len(self.fractions) and progress >= self.fractions[len(self.reports)]
+
+    def report(self, step: int, value: float, train_loss: float, training_seconds: float) -> None:
+        """Report the next rung: the held-out score `value` (a quarter of the evaluation set's bpb) and the rest."""
+        rung = len(self.reports)
+        line = {"rung": rung, "fraction": self.fractions[rung], "step": step, "value": round(value, 6),
+                "train_loss": round(train_loss, 6), "training_seconds": round(training_seconds, 3)}  # fmt: skip
+        self.reports.append(line)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")

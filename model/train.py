@@ -49,7 +49,7 @@ from model.data import load_corpus, train_batches, val_batches
 from model.evaluate import evaluate_bpb, make_eval_step, save_params
 from model.gpt import GPT, flops_per_token, param_count, token_losses
 from model.optim import build_optimizer
-from model.progress import TrainProgress
+from model.progress import Rungs, TrainProgress
 
 DIVERGED_LOSS = 100.0
 RESULT_FILE = "result.json"
@@ -161,6 +161,11 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     # Made before training, so that a held-out split too small for the evaluation is refused before the budget
     # is spent rather than after.
     held_out = val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, m.eval_tokens, cfg.data.layout)
+    rungs = Rungs(cfg.rungs, out_dir)
+    # A rung scores the first quarter of the evaluation set: a pruner compares trials at a rung, and this costs a
+    # quarter of the final evaluation each time.
+    rung_batches = list(val_batches(corpus.val_tokens, m.eval_batch_size, m.seq_len, max(1, m.eval_tokens // 4),
+                                    cfg.data.layout)) if cfg.rungs else []  # fmt: skip
     tokens_per_step = accum * m.device_batch_size * m.seq_len
     progress_bar = TrainProgress(cfg.time_budget_s, steps, cfg.log_every_s)
     training_seconds, step, loss = 0.0, 0, float("nan")
@@ -176,6 +181,10 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
             if not math.isfinite(loss) or loss > DIVERGED_LOSS:
                 raise Diverged(f"loss {loss} at step {step}")
             progress_bar.update(step, loss, step * tokens_per_step / training_seconds, training_seconds)
+            if cfg.rungs and rungs.due(done := schedule_progress(step, steps, training_seconds, cfg.time_budget_s)):
+                value = evaluate_bpb(eval_step, params, rung_batches)  # outside training_seconds, as the final one
+                while rungs.due(done):
+                    rungs.report(step, value, loss, training_seconds)
 
     t_eval = time.time()
     val_bpb = evaluate_bpb(eval_step, params, held_out)
@@ -202,6 +211,7 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
         "final_train_loss": round(loss, 6),
         "backend": backend,
         "compute_dtype": str(dtype),
+        **({"rungs": rungs.reports} if cfg.rungs else {}),
     }
 
 

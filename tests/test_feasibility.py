@@ -43,6 +43,17 @@ def test_without_a_failure_or_a_success_it_knows_nothing():
         assert np.array_equal(model.p_fail(points), np.zeros(len(points)))
 
 
+def test_a_pruned_trial_counts_as_one_that_ran():
+    points = corner_points(True, 20)
+    ok = [record(i, params, 1.0) for i, params in enumerate(points[:10])]
+    pruned = [dataclasses.replace(record(10 + i, params, None, status="pruned"), error="pruned at rung 0")
+              for i, params in enumerate(points[10:])]  # fmt: skip
+    model = FailureModel(SPACE).fit(ok + pruned)
+    assert not model.knows_anything  # slow to learn is not a failure to fit: nothing failed
+    oom = [dataclasses.replace(t, status="oom") for t in pruned]
+    assert FailureModel(SPACE).fit(ok + oom).knows_anything  # the same trials as OOMs would teach it
+
+
 def test_it_learns_the_oom_corner():
     history = random_history(80)
     assert 5 <= sum(t.failed for t in history) <= 15

@@ -145,14 +145,14 @@ def test_schema_and_pragmas(tmp_path):
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"trials", "study", "llm_turns", "pending"}
         with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint backs up the Python validation
             row = (0, "{}", "s", "m", "p", "weird", None, None, 1.0, None, None, 0.0, 1.0, 0, "{}", "{}")
             conn.execute(f"INSERT INTO trials VALUES ({', '.join('?' * len(row))})", row)
-    assert STATUSES == ("ok", "oom", "diverged", "timeout", "crashed")
+    assert STATUSES == ("ok", "oom", "diverged", "timeout", "crashed", "pruned")
 
 
 def test_non_journal_files_are_refused(tmp_path):
@@ -373,6 +373,34 @@ def test_a_version_3_journal_keeps_its_turns_as_call_0(tmp_path):
     with Journal(path) as j:  # a writer upgrades it
         j.append(record(1), llm_turn=[TURN, TURN])
         assert [(t["trial_number"], t["call"]) for t in j.llm_turns()] == [(0, 0), (1, 0), (1, 1)]
+
+
+def test_a_version_4_journal_learns_the_status_pruned(tmp_path):
+    from jaxhpo.journal import _INSERT, _SCHEMA_LLM_TURNS, _SCHEMA_PENDING, _SCHEMA_V1, APPLICATION_ID, _row
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as conn:  # version 4's CHECK constraint knew five statuses
+        conn.executescript(_SCHEMA_V1.replace(", 'pruned'", "") + ";" + _SCHEMA_LLM_TURNS + ";" + _SCHEMA_PENDING)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute("PRAGMA user_version=4")
+        conn.execute(_INSERT, _row(record(0)))
+        conn.execute("INSERT INTO llm_turns (trial_number, call, kind, prompt, parsed, repairs) "
+                     "VALUES (0, 0, 'llm', '[]', 'null', '[]')")  # fmt: skip
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(_INSERT, _row(record(1, "pruned")))
+    with Journal(path) as j:  # a writer upgrades it, keeping what it held
+        j.append(record(1, "pruned"), llm_turn=TURN)
+        assert [t.status for t in j.trials()] == ["ok", "pruned"]
+        assert [t["trial_number"] for t in j.llm_turns()] == [0, 1]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"trials", "study", "llm_turns", "pending"}
+        conn.execute("PRAGMA foreign_keys=ON")  # llm_turns still references the trials table, not a dropped one
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO llm_turns (trial_number, call, kind, prompt, parsed, repairs) "
+                         "VALUES (7, 0, 'llm', '[]', 'null', '[]')")  # fmt: skip
 
 
 def test_a_bad_llm_turn_refuses_the_whole_append(tmp_path):

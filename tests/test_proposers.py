@@ -229,7 +229,7 @@ def test_failures_and_foreign_trials_are_accepted(name):
     history = []
     # first everything fails (no success to rank against), then foreign configurations arrive: an LLM's, the
     # cube's far corners, an invalid-for-this-space value the journal should never hold but must not crash us
-    for status in ("oom", "oom", "timeout", "diverged", "crashed"):
+    for status in ("oom", "oom", "timeout", "diverged", "crashed", "pruned"):
         history.append(record(len(history), SPACE.sample(rng), None, "llm", status=status))
         p.tell(history[-1])
     for u in (np.zeros(SPACE.dim), np.ones(SPACE.dim), rng.random(SPACE.dim)):
