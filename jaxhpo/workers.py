@@ -40,6 +40,7 @@ from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 
+from jaxhpo.forkserver import ForkServer
 from jaxhpo.trial import CPUS_ENV, Outcome, SubmititConfig, TrialCancelled, TrialConfig, run_trial
 from model.config import TrainConfig
 
@@ -99,6 +100,9 @@ class WorkerPool:
         self._envs = [{}] * workers if on_cluster else slot_envs(workers)
         self._free = list(range(workers))
         self._threads = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trial")
+        # Started here, on the study's thread, which it must not outlive; its imports run while the study prepares.
+        local_trainer = trial.executor == "local" and run is run_trial
+        self._forks = ForkServer() if trial.fork_server and local_trainer else None
         self._futures: dict[cf.Future, tuple[Hashable, int]] = {}
         self._cancel = threading.Event()
 
@@ -158,8 +162,8 @@ class WorkerPool:
         try:
             if self.trial.executor == "submitit":
                 return _run_submitit(self.trial.submitit, self.run_dir, cfg, trial_dir, timeout_s, env, self._cancel)
-            return self._run_local(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel,
-                                   **({"watch": watch} if watch is not None else {}))  # fmt: skip
+            extra = {k: v for k, v in (("watch", watch), ("forks", self._forks)) if v is not None}
+            return self._run_local(cfg, trial_dir, timeout_s, env=env, cancel=self._cancel, **extra)
         except TrialCancelled:
             raise
         except OSError as e:
@@ -179,6 +183,8 @@ class WorkerPool:
         """Kill the trials still running and wait for their threads."""
         self._cancel.set()
         self._threads.shutdown(wait=True)
+        if self._forks is not None:
+            self._forks.close()
 
     def __enter__(self) -> WorkerPool:
         return self
