@@ -1,12 +1,18 @@
 """Where a trial's wall time goes besides training: process start and imports, setup, compilation, evaluation and
 the rest, with a cold and with a warm persistent compilation cache.
 
-    python benchmarks/trial_overhead.py [--budget 5] [--repeats 3]
+    python benchmarks/trial_overhead.py [--budget SECONDS] [--repeats 3]
 
-Every trial runs as a study trial does (`jaxhpo.trial.trial_config` + `run_trial`: a fresh subprocess under the
+Every trial runs as a study trial does (`jaxhpo.trial.trial_config` + `run_trial`: a process of its own under the
 study's memory limit, config composed from hydra_configs/config.yaml exactly as `python -m jaxhpo` composes it:
-model=tiny, space=tiny), with `--budget` seconds of training. Each repeat takes a fresh, empty compilation-cache
-folder and runs three trials in it, one after the other:
+model=tiny, space=tiny), with the study's trial budget (on a CPU its FLOP budget, about 14 s of training on 2
+cores) or `--budget` seconds of training, started in each of two ways, side by side:
+
+    new interpreter   `python -m jaxhpo.trial DIR` (trial.fork_server=false)
+    fork server       forked from a process that has imported the trainer (jaxhpo.forkserver; the default)
+
+Each repeat takes, for each way, a fresh, empty compilation-cache folder and runs three trials in it, one after
+the other:
 
     cold              the space's default configuration, nothing cached
     warm, same        the same configuration again: every program comes from the cache
@@ -23,7 +29,7 @@ Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is spl
                       initialization (eagerly run operations, each compiled as a small program of its own, which
                       the persistent cache holds too), the input pipeline's start, writing result.json
     eval              eval_seconds: scoring val_bpb
-    training          training_seconds: the budget, overshot by at most one step
+    training          training_seconds: the budget (under a time budget overshot by at most one step)
 
 The overhead in seconds is about independent of the budget, so its share of the wall time falls as the budget
 grows: at the study default of 15 s (or the original 300 s) recompute the shares from the seconds column. The
@@ -44,12 +50,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import jaxhpo.config  # noqa: F401 - registers the structured-config schemas composed against
+from jaxhpo.forkserver import ForkServer
 from jaxhpo.space import Space
 from jaxhpo.trial import Outcome, run_trial, trial_config
 from model.config import TrainConfig
 from model.data import load_corpus
 
 CASES = ("cold", "warm, same", "warm, other LRs")
+LAUNCHES = ("new interpreter", "fork server")
 PARTS = ("start+imports", "setup", "compile", "other", "eval", "training")
 LR_PARAMS = ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")
 
@@ -70,7 +78,8 @@ def parts(outcome: Outcome) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=5.0, help="training seconds per trial")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="training seconds per trial (default: the study's own trial budget)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -83,39 +92,50 @@ def main() -> None:
     configs = {"cold": default, "warm, same": default,
                "warm, other LRs": {**default, **{k: default[k] / 2 for k in LR_PARAMS}}}  # fmt: skip
 
-    runs: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
-    print(f"model={cfg.model.depth}x{cfg.model.model_dim} space={space.name} budget {args.budget:g}s, "
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {(l, c): [] for l in LAUNCHES for c in CASES}
+    budget = {"budget": "time", "time_budget_s": args.budget} if args.budget is not None else {}
+    unit = f"{args.budget:g} s" if budget else f"the study's ({cfg.trial.budget or 'auto'}, flops {cfg.trial.budget_flops:g})"
+    print(f"model={cfg.model.depth}x{cfg.model.model_dim} space={space.name} budget {unit}, "
           f"{args.repeats} repeats\n")  # fmt: skip
-    print(f"{'repeat':>6}  {'case':<16}{'status':<8}{'wall s':>8}{'compile s':>11}{'steps hit/miss':>16}"
-          f"{'cache files':>13}")  # fmt: skip
+    print(f"{'repeat':>6}  {'started by':<17}{'case':<16}{'status':<8}{'wall s':>8}{'compile s':>11}"
+          f"{'steps hit/miss':>16}{'cache files':>13}")  # fmt: skip
+    forks = ForkServer()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            trial = dataclasses.replace(cfg.trial, time_budget_s=args.budget,
-                                        compile_cache_dir=str(Path(tmp) / f"xla_cache{rep}"))  # fmt: skip
-            for case in CASES:
-                train_cfg, _ = trial_config(base, space, configs[case], trial)
-                outcome = run_trial(train_cfg, Path(tmp) / f"{rep}" / case.replace(" ", "").replace(",", "_"))
-                cache = outcome.result.get("compile_cache", {})
-                files = len(list(Path(trial.compile_cache_dir).iterdir()))
-                print(f"{rep:>6}  {case:<16}{outcome.status:<8}{outcome.wall_seconds:>8.1f}"
-                      f"{outcome.result.get('compile_seconds', float('nan')):>11.2f}"
-                      f"{cache.get('hits', '-'):>12}/{cache.get('misses', '-'):<3}{files:>13}", flush=True)  # fmt: skip
-                if outcome.status != "ok":
-                    raise SystemExit(f"{case}: {outcome.status}: {outcome.error}")
-                runs[case].append({**parts(outcome), "wall": outcome.wall_seconds})
+            for launch in LAUNCHES:  # interleaved, so that a change in the machine's load hits both alike
+                cache_dir = Path(tmp) / f"xla_cache{rep}-{launch.replace(' ', '_')}"
+                trial = dataclasses.replace(cfg.trial, **budget, compile_cache_dir=str(cache_dir))
+                for case in CASES:
+                    train_cfg, _ = trial_config(base, space, configs[case], trial)
+                    trial_dir = Path(tmp) / f"{rep}" / launch.replace(" ", "_") / case.replace(" ", "").replace(",", "_")
+                    outcome = run_trial(train_cfg, trial_dir, forks=forks if launch == "fork server" else None)
+                    cache = outcome.result.get("compile_cache", {})
+                    files = len(list(cache_dir.iterdir()))
+                    print(f"{rep:>6}  {launch:<17}{case:<16}{outcome.status:<8}{outcome.wall_seconds:>8.1f}"
+                          f"{outcome.result.get('compile_seconds', float('nan')):>11.2f}"
+                          f"{cache.get('hits', '-'):>12}/{cache.get('misses', '-'):<3}{files:>13}", flush=True)  # fmt: skip
+                    if outcome.status != "ok":
+                        raise SystemExit(f"{launch}, {case}: {outcome.status}: {outcome.error}")
+                    runs[launch, case].append({**parts(outcome), "wall": outcome.wall_seconds})
+    forks.close()
 
-    print(f"\nmean seconds [min-max] and share of the mean wall time, {args.repeats} runs per case\n")
-    print(f"{'':<15}" + "".join(f"{case:>25}" for case in CASES))
-    for part in (*PARTS, "wall"):
-        cells = []
-        for case in CASES:
-            xs, wall = [r[part] for r in runs[case]], statistics.mean(r["wall"] for r in runs[case])
-            share = f"{statistics.mean(xs) / wall:4.0%}" if part != "wall" else ""
-            cells.append(f"{statistics.mean(xs):6.2f} [{min(xs):5.1f}-{max(xs):5.1f}] {share:>4}")
-        print(f"{part:<15}" + "".join(f"{c:>25}" for c in cells))
-    not_training = [1 - statistics.mean(r["training"] for r in runs[c]) / statistics.mean(r["wall"] for r in runs[c])
-                    for c in CASES]  # fmt: skip
-    print(f"{'not training':<15}" + "".join(f"{x:>25.0%}" for x in not_training))
+    for launch in LAUNCHES:
+        print(f"\nstarted by {launch}: mean seconds [min-max] and share of the mean wall time, {args.repeats} runs "
+              "per case\n")  # fmt: skip
+        print(f"{'':<15}" + "".join(f"{case:>25}" for case in CASES))
+        for part in (*PARTS, "wall"):
+            cells = []
+            for case in CASES:
+                xs, wall = [r[part] for r in runs[launch, case]], statistics.mean(r["wall"] for r in runs[launch, case])
+                share = f"{statistics.mean(xs) / wall:4.0%}" if part != "wall" else ""
+                cells.append(f"{statistics.mean(xs):6.2f} [{min(xs):5.1f}-{max(xs):5.1f}] {share:>4}")
+            print(f"{part:<15}" + "".join(f"{c:>25}" for c in cells))
+        not_training = [1 - statistics.mean(r["training"] for r in runs[launch, c])
+                        / statistics.mean(r["wall"] for r in runs[launch, c]) for c in CASES]  # fmt: skip
+        print(f"{'not training':<15}" + "".join(f"{x:>25.0%}" for x in not_training))
+    wall = {key: statistics.mean(r["wall"] for r in rs) for key, rs in runs.items()}
+    ratios = ", ".join(f"{c} {wall['fork server', c] / wall['new interpreter', c]:.2f}" for c in CASES)
+    print(f"\nfork server / new interpreter, mean wall time: {ratios}")
 
 
 if __name__ == "__main__":

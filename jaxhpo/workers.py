@@ -8,7 +8,8 @@ by them). Asking for more workers than GPUs is refused: two trainers on one GPU 
 fraction and fail each other with OOMs no single trial causes.
 
 Executors (`trial.executor`). `local` runs `jaxhpo.trial.run_trial` in a worker thread: a subprocess under the
-trial's memory limit and timeout. `submitit` submits the same `run_trial` as a submitit job -- a SLURM job on a
+trial's memory limit and timeout, forked from the pool's fork server (`jaxhpo.forkserver`, trial.fork_server),
+which has imported the trainer once for all of them. `submitit` submits the same `run_trial` as a submitit job -- a SLURM job on a
 cluster (`trial.submitit.cluster=slurm`, one GPU per job with `gpus_per_job=1`), or a local submitit process
 (`cluster=local`, what the tests use) -- and waits for its outcome; inside the job the trainer is still a
 subprocess, so an OOM or a crash is classified exactly as locally. A job that dies without an outcome (preempted,
