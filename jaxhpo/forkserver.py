@@ -98,7 +98,10 @@ class ForkServer:
         return self._dead is None and self._proc.poll() is None
 
     def close(self) -> None:
-        """Stop the server (its children die with it) and wait for it."""
+        """Stop the server (its children die with it) and wait for it. One still importing has forked nothing and
+        would read the closed pipe only after its imports: it is killed."""
+        if not self._ready.is_set():
+            self._proc.kill()
         with contextlib.suppress(OSError, ValueError):
             self._proc.stdin.close()
         try:

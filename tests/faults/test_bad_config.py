@@ -48,6 +48,7 @@ EXEMPT = {
     "trial.preflight": "a bool: its type is its range",
     "trial.compile_cache": "a bool: its type is its range",
     "trial.footprint_cache": "a bool: its type is its range",
+    "trial.fork_server": "a bool: its type is its range",
     "trial.compile_cache_dir": "a folder: any path is a place to cache in",
     "trial.submitit.partition": "a partition name: only the cluster knows which exist",
     "trial.submitit.parameters": "submitit's own parameters, passed through to it",
