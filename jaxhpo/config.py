@@ -149,8 +149,8 @@ STUDY_RULES: dict[str, Rule] = {
     "study.max_consecutive_refusals": optional(non_negative(" trials"), "to never stop (as 0 does)"),
     "study.pruner": one_of(PRUNERS),
     "study.pruner_rungs": optional(Rule(lambda v: len(v) > 0 and FIELD_RULES["rungs"].ok(v),
-                                       "must be increasing fractions of the trial budget, each in (0, 1), e.g. "
-                                       "[0.25,0.5]", [0.5, 0.25]), "for the pruner's own"),  # fmt: skip
+                                       f"{FIELD_RULES['rungs'].why}, at least one, e.g. [0.25,0.5]", [0.5, 0.25]),
+                                   "for the pruner's own"),  # fmt: skip
     "study.pruner_min_trials": at_least(1),
     "study.pruner_eta": at_least(2, "must be at least 2 (asha keeps the best 1/eta of the trials at a rung)"),
     "trial.budget": optional(FIELD_RULES["budget"], "for flops on a CPU (with trial.budget_flops), else time"),

@@ -116,10 +116,11 @@ class ForkServer:
             if message.get("ready"):
                 self._ready.set()
             elif "pid" in message:
+                forked = Child(message["pid"])
                 with self._lock:
                     known, child = self._pending.pop(message["id"])
-                    self._children[message["id"]] = Child(message["pid"])
-                child.append(self._children[message["id"]])
+                    self._children[message["id"]] = forked
+                child.append(forked)
                 known.set()
             else:
                 with self._lock:
