@@ -20,8 +20,9 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
+
+from model.head import head_losses
 
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the layer input
 WINDOW_LETTERS = {"S", "L"}
@@ -223,8 +224,8 @@ class GPT(nnx.Module):
         else:
             self.resid_lambdas, self.x0_lambdas = None, None
 
-    def __call__(self, idx: jax.Array) -> jax.Array:
-        """Token ids (B, T) -> logits (B, T, V) in float32, soft-capped unless cfg.softcap is None."""
+    def hidden(self, idx: jax.Array) -> jax.Array:
+        """Token ids (B, T) -> the normalized last hidden state (B, T, D) that the output layer reads."""
         T = idx.shape[1]
         cos, sin = rotary_tables(T, self.cfg.head_dim, self.cfg.rope_base)
         x = x0 = rms_norm(self.wte(idx))  # (B, T, D)
@@ -232,13 +233,26 @@ class GPT(nnx.Module):
             if self.resid_lambdas is not None:
                 x = self.resid_lambdas[i].astype(x.dtype) * x + self.x0_lambdas[i].astype(x.dtype) * x0
             x = block(x, idx, cos, sin)
-        x = rms_norm(x)
-        logits = (self.wte.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)  # (B, T, V)
+        return rms_norm(x)
+
+    def head_weight(self) -> jax.Array:
+        """The output layer's (D, V) matrix: the token embedding's transpose when tied."""
+        return self.wte.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+
+    def __call__(self, idx: jax.Array) -> jax.Array:
+        """Token ids (B, T) -> logits (B, T, V) in float32, soft-capped unless cfg.softcap is None."""
+        x = self.hidden(idx)
+        logits = jnp.dot(x, self.head_weight().astype(x.dtype), preferred_element_type=jnp.float32)  # (B, T, V)
         cap = self.cfg.softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
 def token_losses(model: GPT, tokens: jax.Array) -> jax.Array:
-    """Cross-entropy in nats of predicting tokens[:, 1:] from tokens[:, :-1]: (B, T+1) -> (B, T)."""
-    logits = model(tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    """Cross-entropy in nats of predicting tokens[:, 1:] from tokens[:, :-1]: (B, T+1) -> (B, T).
+
+    The same as the cross-entropy of `model(tokens[:, :-1])`'s logits, computed by model.head without holding
+    them all at once."""
+    x = model.hidden(tokens[:, :-1])  # (B, T, D)
+    B, T, D = x.shape
+    losses = head_losses(x.reshape(B * T, D), model.head_weight(), tokens[:, 1:].reshape(B * T), model.cfg.softcap)
+    return losses.reshape(B, T)

@@ -121,6 +121,8 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     unit, steps = budget_unit(cfg), budget_steps(cfg)
     result.update(budget=unit, budget_value=get_field(cfg, BUDGET_KEYS[unit]), budget_steps=steps)
     backend = device.configure_memory(cfg.memory_fraction, cfg.memory_limit_gb, cfg.gpu_memory_fraction)
+    if backend == "cpu":
+        device.keep_freed_host_memory()
     cache = device.enable_compile_cache(cfg.compile_cache_dir)
     m = cfg.model
     dtype = device.compute_dtype(cfg.compute_dtype)

@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from model import head
 from model.evaluate import bits_per_byte, bpb_sums
 from model.gpt import GPT, CausalSelfAttention, GPTConfig, param_count, token_losses, window_sizes
 
@@ -71,6 +72,37 @@ def test_logits_are_softcapped_and_loss_starts_near_uniform():
     assert float(jnp.abs(model(tokens[:, :-1])).max()) <= 15.0
     # lm_head starts at std 0.001, so the first prediction is almost uniform
     assert float(token_losses(model, tokens).mean()) == pytest.approx(math.log(512), abs=0.05)
+
+
+@pytest.mark.parametrize("softcap,tied,block_rows", [(15.0, False, None), (None, False, 3), (15.0, True, 4)])
+def test_fused_head_losses_and_gradients_equal_the_cross_entropy_of_the_logits(monkeypatch, softcap, tied, block_rows):
+    cfg = GPTConfig(depth=2, aspect_ratio=32, head_dim=32, seq_len=10, vocab_size=96, softcap=softcap,
+                    tie_embeddings=tied)  # fmt: skip
+    if block_rows is not None:  # blocks that do not divide the 2 × 10 rows: the last one is padded
+        monkeypatch.setitem(head.BLOCK_ELEMENTS, jax.default_backend(), block_rows * cfg.vocab_size)
+    graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(1)), nnx.Param)
+    # A trained-looking output layer: at init its 0.001 scale leaves every loss at log V and hides mistakes.
+    params = jax.tree.map(lambda p: p * 300.0 if p.ndim == 2 and cfg.vocab_size in p.shape else p, params)
+    tokens = jax.random.randint(jax.random.key(2), (2, 11), 0, cfg.vocab_size)
+
+    def fused(p):
+        return token_losses(nnx.merge(graphdef, p), tokens)
+
+    def reference(p):
+        logits = nnx.merge(graphdef, p)(tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+
+    losses, want = fused(params), reference(params)
+    assert losses.shape == (2, 10) and float(jnp.std(want)) > 0.1
+    np.testing.assert_allclose(losses, want, rtol=1e-5, atol=1e-5)
+    weights = jax.random.uniform(jax.random.key(3), (2, 10))  # an uneven gradient into each row's loss
+    got = jax.grad(lambda p: (fused(p) * weights).sum())(params)
+    ref = jax.grad(lambda p: (reference(p) * weights).sum())(params)
+    # Absolute slack relative to the largest gradient: the mixing scalars' gradients are exactly 0 at
+    # initialisation (a weightless RMSNorm ignores scale), so both sides hold only float32 rounding there.
+    scale = max(float(jnp.abs(r).max()) for r in jax.tree.leaves(ref))
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_val_bpb_of_uniform_logits_is_log2_vocab_tokens_over_bytes():
