@@ -133,6 +133,26 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> jax.Array:
+    """Causal attention where query i sees keys i-window..i (flash-attention's window_size=(window, 0)): (B, T, N, H)
+    each -> (B, T, N, H).
+
+    On a GPU in 16-bit, cuDNN's fused kernel, never the full scores (at gpt50m one layer's (B, N, T, T) would be
+    8.6 GB). Elsewhere the scores are written out, heads first: XLA:CPU runs this about 13 % faster at model=small
+    than jax.nn.dot_product_attention's own path, whose softmax transposes every (B, N, T, T) array it touches.
+    """
+    B, T, N, H = q.shape
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        local = (window, 0) if window < T else None
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, implementation="cudnn")
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, N, T, H)
+    scores = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * H**-0.5  # (B, N, T, T)
+    i, j = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+    scores = jnp.where((j <= i) & (i - j <= window), scores, jnp.finfo(jnp.float32).min)
+    y = jnp.einsum("bnts,bnsh->bnth", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
+    return y.transpose(0, 2, 1, 3)
+
+
 def _uniform(scale: float):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
 
@@ -169,9 +189,7 @@ class CausalSelfAttention(nnx.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
-        # Query i sees keys i-window..i (flash-attention's window_size=(window, 0)); a full window is causal.
-        local = (self.window, 0) if self.window < T else None
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)  # (B, T, N, H)
+        y = attention(q, k, v, self.window)  # (B, T, N, H)
         return self.c_proj(y.reshape(B, T, -1))
 
 
