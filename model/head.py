@@ -1,12 +1,12 @@
 """The output layer and its cross-entropy, fused and taken a block of rows at a time.
 
 `head_losses(x, w, targets, softcap)` is what `optax.softmax_cross_entropy_with_integer_labels(softcap ×
-tanh(x @ w / softcap), targets)` computes, without the (rows, V) logits ever existing whole. The logits are
-by far the largest activation of the model (at gpt50m 128 × 2048 rows × 8192 float32 = 8.6 GB), and on XLA:CPU
-their gradient was transposed whole in memory for the output layer's weight gradient, which took a sixth of the
-tiny model's step. Here a scan takes `rows` rows at a time: the forward keeps only each row's log-sum-exp, and
-the backward (a custom VJP) recomputes a block's logits and turns them into the block's gradients at once, so
-each block stays in cache and nothing of size (rows, V) is kept for the backward.
+tanh(x @ w / softcap), targets)` computes, without the (R, V) logits ever existing whole. The logits are by far
+the largest activation of the model (at gpt50m 128 × 2048 rows × 8192 float32 = 8.6 GB), and on XLA:CPU their
+gradient was transposed whole in memory for the output layer's weight gradient, which took a sixth of the tiny
+model's forward and backward. Here a scan takes `rows` rows at a time: the forward keeps only each row's
+log-sum-exp, and the backward (a custom VJP) recomputes a block's logits and turns them into the block's gradients
+at once, so each block stays in cache and nothing of size (R, V) is kept for the backward.
 
 Shapes: R rows (batch × sequence), D width, V vocabulary.
 """
