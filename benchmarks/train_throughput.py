@@ -73,7 +73,7 @@ def jax_step(m: ModelConfig, batch: np.ndarray):
 
 
 def torch_step(m: ModelConfig, batch: np.ndarray, compiled: bool):
-    """The PyTorch reference's step: (seconds to its first result (compilation included), run() -> loss)."""
+    """The PyTorch reference's step: (seconds of its first two steps, compilation included; run() -> loss)."""
     import torch
 
     from torch_gpt import make_step  # beside this script
