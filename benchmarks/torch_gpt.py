@@ -34,12 +34,12 @@ EPS = 1e-6  # model.gpt.rms_norm's
 
 
 def _require_reference_structure(cfg: GPTConfig) -> None:
-    default = GPTConfig()
-    fields = ("mlp", "value_embeds", "mix_scalars", "qk_norm", "softcap", "rope_base", "tie_embeddings", "norm")
-    changed = [f for f in fields if getattr(cfg, f) != getattr(default, f)]
-    if changed or cfg.mlp_ratio != default.mlp_ratio:
+    fields = ("mlp", "mlp_ratio", "value_embeds", "mix_scalars", "qk_norm", "softcap", "rope_base", "tie_embeddings",
+              "norm")  # fmt: skip
+    changed = [f for f in fields if getattr(cfg, f) != getattr(GPTConfig(), f)]
+    if changed:
         raise ValueError(f"the PyTorch reference builds autoresearch's structure only; this model changes "
-                         f"{', '.join(changed or ['mlp_ratio'])}")  # fmt: skip
+                         f"{', '.join(changed)}")  # fmt: skip
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.head import head_losses
+from model.head import head_losses, logits
 
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the layer input
 WINDOW_LETTERS = {"S", "L"}
@@ -259,10 +259,7 @@ class GPT(nnx.Module):
 
     def __call__(self, idx: jax.Array) -> jax.Array:
         """Token ids (B, T) -> logits (B, T, V) in float32, soft-capped unless cfg.softcap is None."""
-        x = self.hidden(idx)
-        logits = jnp.dot(x, self.head_weight().astype(x.dtype), preferred_element_type=jnp.float32)  # (B, T, V)
-        cap = self.cfg.softcap
-        return logits if cap is None else cap * jnp.tanh(logits / cap)
+        return logits(self.hidden(idx), self.head_weight(), self.cfg.softcap)[0]  # (B, T, V)
 
 
 def token_losses(model: GPT, tokens: jax.Array) -> jax.Array:

@@ -44,9 +44,10 @@ def _blocks(a: jax.Array, rows: int) -> jax.Array:
     return a.reshape(a.shape[0] // rows, rows, *a.shape[1:])  # (R, ...) -> (R / rows, rows, ...)
 
 
-def _logits(x: jax.Array, w: jax.Array, softcap: Optional[float]) -> tuple[jax.Array, Optional[jax.Array]]:
-    """A block's logits in float32, and tanh(z / softcap) for the backward when capped."""
-    z = jnp.dot(x, w.astype(x.dtype), preferred_element_type=jnp.float32)  # (rows, V)
+def logits(x: jax.Array, w: jax.Array, softcap: Optional[float]) -> tuple[jax.Array, Optional[jax.Array]]:
+    """The logits z = x @ w in float32, soft-capped unless softcap is None (x (..., D), w (D, V) -> (..., V)), and
+    tanh(z / softcap) for a backward pass when capped."""
+    z = jnp.dot(x, w.astype(x.dtype), preferred_element_type=jnp.float32)  # (..., V)
     if softcap is None:
         return z, None
     t = jnp.tanh(z / softcap)
@@ -61,9 +62,9 @@ def _blocked_losses(x, w, targets, softcap, rows):
 def _forward(x, w, targets, softcap, rows):
     def block(_, xs):
         xb, tb = xs
-        logits, _ = _logits(xb, w, softcap)
-        lse = jax.nn.logsumexp(logits, axis=-1)  # (rows,)
-        return None, (lse - jnp.take_along_axis(logits, tb[:, None], axis=-1)[:, 0], lse)
+        capped, _ = logits(xb, w, softcap)
+        lse = jax.nn.logsumexp(capped, axis=-1)  # (rows,)
+        return None, (lse - jnp.take_along_axis(capped, tb[:, None], axis=-1)[:, 0], lse)
 
     _, (losses, lse) = jax.lax.scan(block, None, (_blocks(x, rows), _blocks(targets, rows)))
     return losses.reshape(-1), (x, w, targets, lse.reshape(-1))
@@ -74,9 +75,9 @@ def _backward(softcap, rows, residuals, g):
 
     def block(dw, xs):
         xb, tb, lb, gb = xs
-        logits, t = _logits(xb, w, softcap)
+        capped, t = logits(xb, w, softcap)
         # d loss / d logits = softmax - one_hot(target), scaled by the incoming gradient of each row's loss
-        dlogits = gb[:, None] * (jnp.exp(logits - lb[:, None]) - jax.nn.one_hot(tb, w.shape[1], dtype=jnp.float32))
+        dlogits = gb[:, None] * (jnp.exp(capped - lb[:, None]) - jax.nn.one_hot(tb, w.shape[1], dtype=jnp.float32))
         dz = dlogits if t is None else dlogits * (1.0 - t * t)  # through softcap × tanh(z / softcap)
         dz = dz.astype(x.dtype)
         dx = jnp.dot(dz, w.T.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)  # (rows, D)
