@@ -15,9 +15,13 @@ Each repeat takes, for each way, a fresh, empty compilation-cache folder and run
 the other:
 
     cold              the space's default configuration, nothing cached
-    warm, same        the same configuration again: every program comes from the cache
+    warm, same        the same configuration again: both steps come from jaxhpo's cache of compiled steps
+                      (model.programs), without tracing
     warm, other LRs   the default with its four learning rates halved: learning rates are inputs of the compiled
                       steps, not constants, so it too should compile nothing
+    warm, traced      the same configuration with jaxhpo's cache of steps emptied first: the steps are traced and
+                      lowered, then loaded from XLA's persistent cache (what every warm trial did before
+                      model.programs); the difference to "warm, same" is what that cache saves
 
 Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is split with its result.json:
 
@@ -33,8 +37,8 @@ Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is spl
 
 The overhead in seconds is about independent of the budget, so its share of the wall time falls as the budget
 grows: at the study default of 15 s (or the original 300 s) recompute the shares from the seconds column. The
-per-run lines give the cache hits and misses of the two step programs (result.json's `compile_cache`, counted up to
-the end of their compilation) and the files in the cache folder after the run. Timings on a shared CPU are noisy;
+per-run lines give the hits and misses of the two steps in jaxhpo's cache of steps and in XLA's (result.json's
+`compile_cache`, counted up to the end of their compilation) and the files in the cache folder after the run. Timings on a shared CPU are noisy;
 the table gives means over the repeats with their min-max range.
 """
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -53,10 +58,11 @@ import jaxhpo.config  # noqa: F401 - registers the structured-config schemas com
 from jaxhpo.forkserver import ForkServer
 from jaxhpo.space import Space
 from jaxhpo.trial import Outcome, run_trial, trial_config
+from model import programs
 from model.config import TrainConfig
 from model.data import load_corpus
 
-CASES = ("cold", "warm, same", "warm, other LRs")
+CASES = ("cold", "warm, same", "warm, other LRs", "warm, traced")
 LAUNCHES = ("new interpreter", "fork server")
 PARTS = ("start+imports", "setup", "compile", "other", "eval", "training")
 LR_PARAMS = ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")
@@ -90,7 +96,8 @@ def main() -> None:
     load_corpus(cfg.data, cfg.model.vocab_size)
     default = space.default()
     configs = {"cold": default, "warm, same": default,
-               "warm, other LRs": {**default, **{k: default[k] / 2 for k in LR_PARAMS}}}  # fmt: skip
+               "warm, other LRs": {**default, **{k: default[k] / 2 for k in LR_PARAMS}},
+               "warm, traced": default}  # fmt: skip
 
     runs: dict[tuple[str, str], list[dict[str, float]]] = {(l, c): [] for l in LAUNCHES for c in CASES}
     budget = {"budget": "time", "time_budget_s": args.budget} if args.budget is not None else {}
@@ -98,7 +105,7 @@ def main() -> None:
     print(f"model={cfg.model.depth}x{cfg.model.model_dim} space={space.name} budget {unit}, "
           f"{args.repeats} repeats\n")  # fmt: skip
     print(f"{'repeat':>6}  {'started by':<17}{'case':<16}{'status':<8}{'wall s':>8}{'compile s':>11}"
-          f"{'steps hit/miss':>16}{'cache files':>13}")  # fmt: skip
+          f"{'steps hit/miss':>16}{'XLA hit/miss':>13}{'cache files':>13}")  # fmt: skip
     forks = ForkServer()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
@@ -107,13 +114,17 @@ def main() -> None:
                 trial = dataclasses.replace(cfg.trial, **budget, compile_cache_dir=str(cache_dir))
                 for case in CASES:
                     train_cfg, _ = trial_config(base, space, configs[case], trial)
+                    if case == "warm, traced":
+                        shutil.rmtree(cache_dir / programs.FOLDER)
                     trial_dir = Path(tmp) / f"{rep}" / launch.replace(" ", "_") / case.replace(" ", "").replace(",", "_")
                     outcome = run_trial(train_cfg, trial_dir, forks=forks if launch == "fork server" else None)
-                    cache = outcome.result.get("compile_cache", {})
+                    xla = outcome.result.get("compile_cache", {})
+                    ours = xla.get("programs", {})
                     files = len(list(cache_dir.iterdir()))
                     print(f"{rep:>6}  {launch:<17}{case:<16}{outcome.status:<8}{outcome.wall_seconds:>8.1f}"
                           f"{outcome.result.get('compile_seconds', float('nan')):>11.2f}"
-                          f"{cache.get('hits', '-'):>12}/{cache.get('misses', '-'):<3}{files:>13}", flush=True)  # fmt: skip
+                          f"{ours.get('hits', '-'):>12}/{ours.get('misses', '-'):<3}"
+                          f"{xla.get('hits', '-'):>9}/{xla.get('misses', '-'):<3}{files:>13}", flush=True)  # fmt: skip
                     if outcome.status != "ok":
                         raise SystemExit(f"{launch}, {case}: {outcome.status}: {outcome.error}")
                     runs[launch, case].append({**parts(outcome), "wall": outcome.wall_seconds})

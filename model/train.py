@@ -9,7 +9,8 @@ learning-rate schedule's progress counts in the budget's unit (`schedule_progres
 Before any parameter is allocated, the memory pre-flight (`model.preflight`) reads XLA's memory analysis of the
 compiled steps; a run predicted not to fit its memory limit stops there, as `oom` with `predicted: true`. Compiled
 programs go to a persistent cache (`compile_cache_dir`) that concurrent runs share: learning rates and schedule
-values are inputs of the step, not constants, so runs that differ only in them compile once.
+values are inputs of the step, not constants, so runs that differ only in them compile once, and the steps are
+also kept under a key of the configuration (`model.programs`), so that such runs load them without tracing them.
 
 Every run ends with `result.json` in its folder, whatever happens: `ok`, `oom` (XLA's RESOURCE_EXHAUSTED, or
 predicted), `diverged` (NaN loss or loss > 100), `invalid` (refused before compiling) or `crashed`.
@@ -49,6 +50,7 @@ from model.data import load_corpus, train_batches, val_batches
 from model.evaluate import evaluate_bpb, make_eval_step, save_params
 from model.gpt import GPT, flops_per_token, param_count, token_losses
 from model.optim import build_optimizer
+from model.programs import ProgramCache, program_key
 from model.progress import Rungs, TrainProgress
 
 DIVERGED_LOSS = 100.0
@@ -139,16 +141,16 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
     eval_shape = jax.ShapeDtypeStruct((m.eval_batch_size, m.seq_len + 1), jnp.int32)
     t_compile = time.time()
-    step_fn = (
-        jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
-        .lower(abstract_params, abstract_opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32))
-        .compile()
-    )
-    eval_step = make_eval_step(graphdef, corpus.token_bytes).lower(abstract_params, eval_shape).compile()
+    programs = ProgramCache(cfg.compile_cache_dir, program_key(cfg, dtype, corpus.key), cache)
+    step_fn = programs.get("train", lambda: jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1)).lower(
+        abstract_params, abstract_opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32)))
+    eval_step = programs.get("eval", lambda: make_eval_step(graphdef, corpus.token_bytes).lower(
+        abstract_params, eval_shape))
     # Recorded now, not returned at the end: a run that fails later (an OOM) still says where its time went.
     result["setup_seconds"] = round(t_compile - t_start, 3)
     result["compile_seconds"] = round(time.time() - t_compile, 3)
-    result["compile_cache"] = dict(cache)  # the train and eval steps (parameter initialisation compiles too)
+    # XLA's cache: the steps when they were not in ours, and the parameter initialisation
+    result["compile_cache"] = {**cache, "programs": programs.counts()}
     footprint = preflight.footprint(
         step_fn, eval_step, abstract_params, abstract_opt_state, preflight.memory_limit_bytes(cfg.memory_limit_gb)
     )

@@ -1,0 +1,115 @@
+"""Compiled steps kept on disk under a key of what they compute, so that a run whose program matches an earlier
+run's loads it without tracing or lowering anything.
+
+XLA's persistent cache (`device.enable_compile_cache`) is keyed by the lowered program, so every run still traces
+and lowers its train step before it can look there: about half a second at model=tiny, more than loading the
+program. This cache is keyed by the run's configuration instead, less the settings that never reach the program
+as constants (`PROGRAM_INPUTS`: the optimizer's numbers and the schedule are arrays in its state, the seed and the
+budget decide which data and how many steps, not the step), plus everything else the program depends on: the
+tokenizer's byte lengths (the eval step's constant), the trainer's source, JAX's version and settings, XLA's flags
+and the devices. A key misses whenever any of that differs, so it can only be too cautious, never stale; the tests
+lower the steps with each of `PROGRAM_INPUTS` changed and check the program is the same.
+
+Entries live beside XLA's under `compile_cache_dir`, written whole and renamed, so concurrent runs share them; an
+entry that cannot be read is compiled again. Only a program compiled in this run is stored: one that XLA's
+persistent cache handed back is itself a loaded copy, and jaxlib 0.10's XLA:CPU serializes such a copy without
+all of its code (the copy loads, then fails to run: "NOT_FOUND: Function add_select_fusion.5 not found").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jaxlib
+from jax.experimental import serialize_executable
+
+from model.config import TrainConfig
+
+# Settings that reach the compiled steps only as array inputs, or not at all: runs that differ only in these share
+# their programs.
+PROGRAM_INPUTS = frozenset({
+    "optim.embedding_lr", "optim.unembedding_lr", "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay",
+    "optim.warmup_ratio", "optim.warmdown_ratio", "optim.final_lr_frac",
+    "seed", "budget", "time_budget_s", "budget_flops", "budget_tokens", "max_steps", "model.eval_tokens",
+    "memory_fraction", "gpu_memory_fraction", "memory_limit_gb", "save_checkpoint", "log_every_s", "preflight",
+    "compile_cache_dir", "rungs",
+})  # fmt: skip
+FOLDER = "jaxhpo-programs"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _source_digest() -> str:
+    """The trainer's own code (this folder), which the steps are traced from: an edited copy has its own."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def program_key(cfg: TrainConfig, compute_dtype, corpus_key: str) -> str:
+    """The key of `cfg`'s compiled steps (see the module's docstring for what it holds)."""
+    settings = {k: v for k, v in _flat(dataclasses.asdict(cfg)).items() if k not in PROGRAM_INPUTS}
+    parts = {
+        "settings": settings, "compute_dtype": str(compute_dtype), "corpus": corpus_key, "source": _source_digest(),
+        "jax": [jax.__version__, jaxlib.__version__],
+        "jax_config": [jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision)],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": [(d.platform, d.device_kind) for d in jax.devices()],
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class ProgramCache:
+    """Compiled programs of one run under `root/FOLDER/<key>-<name>.pkl`; `root` None: nothing is kept.
+    `xla_counts`: the counters of XLA's persistent cache (`device.enable_compile_cache`), which tell a program
+    compiled here from one XLA's cache loaded."""
+
+    def __init__(self, root: str | Path | None, key: str, xla_counts: dict[str, int]):
+        self.folder = Path(root).expanduser() / FOLDER if root else None
+        self.key, self.xla_counts = key, xla_counts
+        self.hits = self.misses = 0
+
+    def get(self, name: str, lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
+        """The program `name`: loaded when cached, else `lower()` compiled (and cached)."""
+        path = self.folder / f"{self.key}-{name}.pkl" if self.folder else None
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as f:
+                    compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
+                self.hits += 1
+                return compiled
+            except Exception:  # noqa: BLE001 -- a torn or foreign entry (another jaxlib's) is compiled again
+                pass
+        xla_hits = self.xla_counts.get("hits", 0)
+        compiled = lower().compile()
+        self.misses += 1
+        if path is not None and self.xla_counts.get("hits", 0) == xla_hits:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    pickle.dump(serialize_executable.serialize(compiled), f)
+                tmp.replace(path)
+            except (OSError, pickle.PicklingError, TypeError, ValueError):
+                pass  # a cache that cannot be written costs the next run a compile, nothing else
+        return compiled
+
+    def counts(self) -> dict[str, int]:
+        """Hits and misses so far."""
+        return {"hits": self.hits, "misses": self.misses}
