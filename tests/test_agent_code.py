@@ -58,7 +58,7 @@ def test_hill_climbing_keeps_the_best_edit_and_shows_every_result():
         cfg = None
 
         def __init__(self, *replies):
-            self.replies, self.prompts = list(replies), []
+            self.replies, self.prompts, self.formats = list(replies), [], []
 
         def chat(self, messages, schema=None, **kw):
             from jaxhpo.llm.client import Completion
@@ -102,7 +102,7 @@ class ScriptedServer:
     """An OpenAI-compatible chat server on loopback that answers from a list of replies and keeps the prompts."""
 
     def __init__(self, replies):
-        self.replies, self.prompts = list(replies), []
+        self.replies, self.prompts, self.formats = list(replies), [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -123,6 +123,7 @@ class ScriptedServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.prompts.append(body["messages"][-1]["content"])
+                outer.formats.append(body.get("response_format"))
                 text = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
                 self._send({"model": "scripted", "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
                             "usage": {"prompt_tokens": 100, "completion_tokens": 50}})  # fmt: skip
@@ -164,6 +165,7 @@ def test_a_study_runs_each_edit_from_its_trial_folder_and_shows_failed_checks(tm
     assert trials[2].error.startswith("source check: model/gpt.py: ") and trials[2].wall_seconds == 0.0
     assert trials[3].error == "source check: RuntimeError: no forward pass today"
     assert "[CRASHED] broken -> crashed: source check: model/gpt.py" in server.prompts[2]
+    assert server.formats == [None] * 3  # asked for plain text: a JSON grammar could not write a Python block
     # Hill-climbing: the edit is kept, and the next prompt edits it, only if it scored better than the default.
     if edited.val_bpb < trials[0].val_bpb:
         assert "[KEPT] half-width MLP" in server.prompts[1] and "model_dim / 2" in server.prompts[2]

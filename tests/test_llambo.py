@@ -9,7 +9,7 @@ import pytest
 
 from jaxhpo.journal import Journal
 from jaxhpo.llm import llambo
-from jaxhpo.llm.client import Completion
+from jaxhpo.llm.client import TEXT, Completion
 from jaxhpo.objective import Objective
 from jaxhpo.proposers import make_proposer
 from jaxhpo.proposers.llambo import FALLBACK
@@ -28,6 +28,7 @@ class ScriptedN:
         self.reply, self.requests = reply, []
 
     def chat_n(self, messages, n, schema=None, max_tokens=None, temperature=None):
+        assert schema == TEXT  # LLAMBO's replies are `## ... ##` lines, which a JSON grammar cannot write
         self.requests.append((messages, n, temperature))
         return [Completion(text=self.reply(messages, i), latency_s=0.01, prompt_tokens=100, completion_tokens=10,
                            model="scripted", attempts=1) for i in range(n)]  # fmt: skip
@@ -158,9 +159,10 @@ def test_options_are_checked():
 
 @pytest.mark.skipif(llm_missing() is not None, reason=str(llm_missing()))
 def test_a_surrogate_study_with_the_embedded_llm(tmp_path):
+    # Replies are plain text (the model writes until max_tokens or its end): 160 tokens hold a 14-parameter line.
     proc = run_cli("jaxhpo", "+method=llambo", "method.options.candidates=2", "method.options.samples=2",
                    "trainer=surrogate", "study.budget_s=null", "study.max_trials=2", "llm.n_ctx=4096",
-                   f"hydra.run.dir={tmp_path}")  # fmt: skip
+                   "llm.max_tokens=160", f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Journal(tmp_path / "journal.sqlite", readonly=True) as journal:
         trials, calls = journal.trials(), journal.llm_turns()

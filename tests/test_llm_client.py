@@ -1,5 +1,6 @@
 """The LLM client and the embedded server, against the real SmolLM2 server on loopback (no mocks)."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxhpo.llm import LLMClient, LLMConfig, LLMError, LocalServer, as_llm_config, llm_session
+from jaxhpo.llm import TEXT, LLMClient, LLMConfig, LLMError, LocalServer, as_llm_config, llm_session
+from jaxhpo.llm.client import JSON_MODES
 from tests.llm_server import llm_missing
 
 SCHEMA = {
@@ -148,6 +150,11 @@ def test_config_checks_and_hydra_group():
     )
     assert LLMClient(remote).response_format(SCHEMA)["type"] == "json_schema"
     assert LLMClient(local, base_url="http://x/v1").response_format(SCHEMA) == {"type": "json_object", "schema": SCHEMA}
+    # A prompt with a reply format of its own is never put under a JSON grammar, whatever the mode.
+    for mode in JSON_MODES:
+        for cfg in (local, remote):
+            client = LLMClient(dataclasses.replace(cfg, json_mode=mode), base_url="http://x/v1")
+            assert client.response_format(TEXT) is None and "response_format" not in client._payload([], TEXT)
 
 
 @needs_llm

@@ -7,11 +7,12 @@
         config, repairs = extract_object(reply.text)   # then clamp numbers to the space: grammars do not
 """
 
-from jaxhpo.llm.client import Completion, LLMClient, LLMConfig, LLMError, as_llm_config
+from jaxhpo.llm.client import TEXT, Completion, LLMClient, LLMConfig, LLMError, as_llm_config
 from jaxhpo.llm.prompt import extract_object
 from jaxhpo.llm.server import LocalServer, free_port, llm_session, smollm2_path
 
 __all__ = [
+    "TEXT",
     "Completion",
     "LLMClient",
     "LLMConfig",

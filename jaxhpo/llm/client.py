@@ -16,6 +16,10 @@ Structured output (`json_mode`):
 - ``"object"``: ``{"type": "json_object"}`` without a schema (any JSON object).
 - ``"none"``: no ``response_format``; the reply is plain text.
 
+A request whose prompt asks for a format of its own (LLAMBO's ``## ... ##``, agent_code's Python block) passes
+``schema=TEXT`` and is sent without ``response_format`` whatever ``json_mode`` says: under a JSON grammar such a
+reply cannot be written at all.
+
 If a server answers HTTP 400 with a message that mentions ``response_format`` (or 422, FastAPI's validation
 error, or 500, which llama-cpp-python's server answers for the json_schema form), the request is sent once more
 without it and the client remembers that for the rest of its life. Replies are therefore read with
@@ -62,6 +66,7 @@ JSON_MODES = ("schema", "object", "none")
 SCHEMA_STYLES = ("llama_cpp", "openai")
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}  # worth another attempt; other 4xx fail at once
 CHECK_TIMEOUT_S = 10.0  # the most LLMClient.check() waits for an answer
+TEXT = "text"  # as a request's schema: a plain-text reply, no response_format (see the module docstring)
 
 
 @dataclass
@@ -279,10 +284,10 @@ class LLMClient:
 
     # -- request building -------------------------------------------------------------------------------------
 
-    def response_format(self, schema: dict | None) -> dict | None:
-        """The `response_format` this client sends for `schema` (None: none is sent)."""
+    def response_format(self, schema: dict | str | None) -> dict | None:
+        """The `response_format` this client sends for `schema` (None: none is sent; TEXT: never one)."""
         mode = self.cfg.json_mode
-        if mode == "none" or not self.response_format_supported:
+        if mode == "none" or schema == TEXT or not self.response_format_supported:
             return None
         if mode == "object" or schema is None:
             return {"type": "json_object"}
@@ -290,7 +295,7 @@ class LLMClient:
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": False}}
 
-    def _payload(self, messages: list[dict], schema: dict | None, max_tokens: int | None = None,
+    def _payload(self, messages: list[dict], schema: dict | str | None, max_tokens: int | None = None,
                  temperature: float | None = None, n: int = 1) -> dict:  # fmt: skip
         body: dict[str, Any] = {
             "model": self.cfg.model,
@@ -320,14 +325,14 @@ class LLMClient:
 
     # -- the calls --------------------------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], schema: dict | None = None, max_tokens: int | None = None,
+    def chat(self, messages: list[dict], schema: dict | str | None = None, max_tokens: int | None = None,
              temperature: float | None = None) -> Completion:  # fmt: skip
         """Send `messages` and return the reply (API key scrubbed from its text); LLMError (one line) once every
         attempt has failed, or at once for a failure no retry fixes (HTTP 4xx but 408/409/425/429). `max_tokens`
         and `temperature` replace llm.max_tokens and llm.temperature for this request (a method's own values)."""
         return self._request(messages, schema, max_tokens, temperature, 1)[0]
 
-    def chat_n(self, messages: list[dict], n: int, schema: dict | None = None, max_tokens: int | None = None,
+    def chat_n(self, messages: list[dict], n: int, schema: dict | str | None = None, max_tokens: int | None = None,
                temperature: float | None = None) -> list[Completion]:  # fmt: skip
         """`n` sampled replies to the same messages (the API's `n`). A server that returns fewer choices than asked
         (llama-cpp-python's ignores `n`) is asked again for the rest; a request's cost is on its first reply."""
@@ -336,7 +341,7 @@ class LLMClient:
             replies += self._request(messages, schema, max_tokens, temperature, n - len(replies))
         return replies[:n]
 
-    def _request(self, messages: list[dict], schema: dict | None, max_tokens: int | None, temperature: float | None,
+    def _request(self, messages: list[dict], schema: dict | str | None, max_tokens: int | None, temperature: float | None,
                  n: int) -> list[Completion]:  # fmt: skip
         key = self._api_key()
         headers = self._headers(key, **{"Content-Type": "application/json"})
@@ -366,7 +371,7 @@ class LLMClient:
             return done
         raise LLMError(self._message(f"LLM request to {url} failed after {total} attempt(s): {last}"))
 
-    def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | None, attempts: int,
+    def _attempt(self, url: str, headers: dict, messages: list[dict], schema: dict | str | None, attempts: int,
                  max_tokens: int | None, temperature: float | None, n: int) -> list[Completion]:  # fmt: skip
         body = self._payload(messages, schema, max_tokens, temperature, n)
         limit = self.cfg.timeout_s

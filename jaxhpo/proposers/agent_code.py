@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxhpo import source
 from jaxhpo.journal import TrialRecord
+from jaxhpo.llm import TEXT
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.llm import chat_turn, llm_failure, reply_budget, scrubbed
 from jaxhpo.protocol import ProtocolConfig
@@ -104,7 +105,7 @@ class AgentCodeProposer(Proposer):
         params, text, score = self.best if self.best else (self.space.default(), self.base, None)
         messages = _prompt(source.editable(self.space, params, text), self.experiments[-RECENT:], score)
         budget = reply_budget(self.llm, messages, HOSTED_MAX_TOKENS)  # room for the whole source again
-        completion, turn = chat_turn(self.llm, "agent_code", messages, None, llm_failure, budget)
+        completion, turn = chat_turn(self.llm, "agent_code", messages, TEXT, llm_failure, budget)
         if completion is None:  # no LLM: the best source, a seeded random configuration
             rng = np.random.default_rng([self.seed, trial_index(history, pending)])
             meta = {"llm_turn": scrubbed(self.llm, turn), "agent": self._edit(text, "fallback: the best source, "

@@ -39,7 +39,7 @@ import numpy as np
 from scipy.stats import norm
 
 from jaxhpo.journal import TrialRecord
-from jaxhpo.llm import llambo
+from jaxhpo.llm import TEXT, llambo
 from jaxhpo.proposers.base import Proposal, Proposer, trial_index
 from jaxhpo.proposers.llm import chat_turn, llm_failure, prompt_budget, scrubbed
 from jaxhpo.protocol import ProtocolConfig
@@ -127,7 +127,7 @@ class LLAMBOProposer(Proposer):
         for _ in range(SAMPLER_CALLS):
             if len(found) >= wanted:
                 break
-            replies, turn = chat_turn(self.llm, "llambo-sampler", messages, None, llm_failure, n=self.samples,
+            replies, turn = chat_turn(self.llm, "llambo-sampler", messages, TEXT, llm_failure, n=self.samples,
                                       temperature=SAMPLER_TEMPERATURE)  # fmt: skip
             new = []
             for reply in replies or ():
@@ -148,7 +148,7 @@ class LLAMBOProposer(Proposer):
         mean, std = np.full(len(found), np.nan), np.full(len(found), np.nan)
         for j, params in enumerate(found):
             messages = llambo.scorer_prompt(self.space, examples, params, budget, self.objective)
-            replies, turn = chat_turn(self.llm, "llambo-scorer", messages, None, llm_failure, n=self.samples,
+            replies, turn = chat_turn(self.llm, "llambo-scorer", messages, TEXT, llm_failure, n=self.samples,
                                       temperature=SCORER_TEMPERATURE)  # fmt: skip
             values = np.array([self.objective.own(llambo.parse_score(r.text)) for r in replies or ()] or [np.nan])
             if replies is not None:
