@@ -7,8 +7,8 @@ program. This cache is keyed by the run's configuration instead, less the settin
 as constants (`PROGRAM_INPUTS`: the optimizer's numbers and the schedule are arrays in its state, the seed and the
 budget decide which data and how many steps, not the step), plus everything else the program depends on: the
 tokenizer's byte lengths (the eval step's constant), the trainer's source, JAX's version and settings, XLA's flags
-and the devices. A key misses whenever any of that differs, so it can only be too cautious, never stale; the tests
-lower the steps with each of `PROGRAM_INPUTS` changed and check the program is the same.
+and the devices. A key misses whenever any of that differs, so it can only be too cautious, never stale; a test
+lowers the steps with the settings of `PROGRAM_INPUTS` changed and checks the program is the same.
 
 Entries live beside XLA's under `compile_cache_dir`, written whole and renamed, so concurrent runs share them; an
 entry that cannot be read is compiled again. Only a program compiled in this run is stored: one that XLA's
