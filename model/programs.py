@@ -33,13 +33,12 @@ from jax.experimental import serialize_executable
 from model.config import TrainConfig
 
 # Settings that reach the compiled steps only as array inputs, or not at all: runs that differ only in these share
-# their programs.
+# their programs. The memory settings stay in the key: a GPU compiler may schedule for the memory it is given.
 PROGRAM_INPUTS = frozenset({
     "optim.embedding_lr", "optim.unembedding_lr", "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay",
     "optim.warmup_ratio", "optim.warmdown_ratio", "optim.final_lr_frac",
     "seed", "budget", "time_budget_s", "budget_flops", "budget_tokens", "max_steps", "model.eval_tokens",
-    "memory_fraction", "gpu_memory_fraction", "memory_limit_gb", "save_checkpoint", "log_every_s", "preflight",
-    "compile_cache_dir", "rungs",
+    "save_checkpoint", "log_every_s", "preflight", "compile_cache_dir", "rungs",
 })  # fmt: skip
 FOLDER = "jaxhpo-programs"
 
