@@ -5,7 +5,7 @@ the rest, with a cold and with a warm persistent compilation cache.
 
 Every trial runs as a study trial does (`jaxhpo.trial.trial_config` + `run_trial`: a process of its own under the
 study's memory limit, config composed from hydra_configs/config.yaml exactly as `python -m jaxhpo` composes it:
-model=tiny, space=tiny), with the study's trial budget (on a CPU its FLOP budget: 6 s of training on 2 cores
+model=tiny, space=tiny), with the study's trial budget (on a CPU its FLOP budget: 6-7.5 s of training on 2 cores
 here, 2026-12-07) or `--budget` seconds of training, started in each of two ways, side by side:
 
     new interpreter   `python -m jaxhpo.trial DIR` (trial.fork_server=false)
