@@ -12,6 +12,14 @@ memory limit) and the overrides given with `--set`, in `--work` (default outputs
 - noise: the default and the first four configurations of the design that trained, each with `--seeds` seeds
   (a one-trial study per configuration and seed: its trial 0), to measure the spread between seeds.
 
+Learning curves, what a pruned surrogate study reports at its rungs (`surrogate.curves`), are measured the same
+way with a pruner that never has enough finished trials to judge, so that every trial reports at each rung and
+runs to its end (the `rungs` column):
+
+    python benchmarks/surrogate_data.py --parts design cloud --design 48 --cloud 32 --work outputs/surrogate_curves \
+        --out benchmarks/data/surrogate_tiny_curves.csv --set study.pruner=median study.pruner_min_trials=1000000000 \
+        'study.pruner_rungs=[0.0556,0.1111,0.1667,0.25,0.3333,0.5,0.6667,0.75,0.9]'
+
 A study resumes where it stopped, so running the same command again continues (`--table-only` rewrites the table
 from the journals so far, also while a study runs); after every study the table
 `--out` (benchmarks/data/surrogate_tiny.csv) is rewritten from all the journals so far, with a sidecar .json
@@ -36,7 +44,7 @@ from jaxhpo.space import Space
 REPO = Path(__file__).resolve().parents[1]
 SPACE_FILE = REPO / "hydra_configs" / "space" / "tiny.yaml"
 COLUMNS = ("part", "study", "seed", "trial", "status", "val_bpb", "wall_seconds", "training_seconds", "peak_memory_mb",
-           "error")  # fmt: skip
+           "error", "rungs")  # fmt: skip
 
 
 def space_yaml(name: str, params: dict) -> str:
@@ -96,7 +104,7 @@ def write_table(work: Path, out: Path, command: str) -> int:
                 rows.append({"part": part, "study": study, "seed": t.seed, "trial": t.number, "status": t.status,
                              "val_bpb": t.val_bpb, "wall_seconds": round(t.wall_seconds, 2),
                              "training_seconds": t.training_seconds, "peak_memory_mb": t.peak_memory_mb,
-                             "error": (t.error or "")[:200], **t.params})  # fmt: skip
+                             "error": (t.error or "")[:200], "rungs": rungs_column(t), **t.params})  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -112,6 +120,13 @@ def write_table(work: Path, out: Path, command: str) -> int:
          "trials": len(rows),
          "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")  # fmt: skip
     return len(rows)
+
+
+def rungs_column(t) -> str:
+    """The trial's learning curve, [[fraction, held-out bpb], ...] as JSON, where it reported at rungs (a study run
+    with `--set study.pruner_rungs=[...]`); empty otherwise."""
+    rungs = [[r["fraction"], r["value"]] for r in t.result.get("rungs", [])]
+    return json.dumps(rungs, separators=(",", ":")) if rungs else ""
 
 
 def noise_configs(work: Path, n: int) -> list[dict]:

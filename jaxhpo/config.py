@@ -81,6 +81,8 @@ class SurrogateConfig:
 
     table: str = "benchmarks/data/surrogate_tiny.csv"  # with its .json sidecar, from benchmarks/surrogate_data.py
     journals: list[str] = field(default_factory=list)  # study journals to fit on instead of the table
+    # Learning curves (trials that reported at rungs), read only by a study that prunes: a table, or a journal.
+    curves: str = "benchmarks/data/surrogate_tiny_curves.csv"
     # Of val_bpb and cost, and of the status: what `python -m jaxhpo.surrogate fit` scored best on the table (README).
     regressor: str = "gp"
     classifier: str = "lightgbm"
@@ -195,8 +197,9 @@ def _cannot_prune(cfg: StudyConfig) -> str | None:
     """Why the study's trials cannot be pruned, or None."""
     if cfg.protocol.name == "paper":
         return "protocol=paper runs every trial to its end, as the study did"
-    if cfg.trainer.name != "gpt":
-        return f"trainer={cfg.trainer.name} reports no rungs; the built-in trainer (trainer=gpt) does"
+    if cfg.trainer.name not in ("gpt", "surrogate"):
+        return (f"trainer={cfg.trainer.name} reports no rungs; the built-in trainer (trainer=gpt) and its surrogate "
+                "do")  # fmt: skip
     if cfg.study.metric != "val_bpb":
         return f"its rungs score held-out bpb, so it prunes studies of val_bpb, not {cfg.study.metric}"
     if cfg.trial.executor != "local":

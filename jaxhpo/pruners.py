@@ -94,8 +94,9 @@ class Pruner:
             for report in _complete_lines(path)[len(seen):]:
                 seen.append(report)
                 if (why := self.report(number, report["rung"], report["value"])) is not None:
-                    reason = (f"pruned at rung {report['rung']} ({report['fraction']:.0%} of the budget, step "
-                              f"{report['step']}): held-out bpb {report['value']:.4f}, {why}")  # fmt: skip
+                    step = "" if report["step"] is None else f", step {report['step']}"
+                    reason = (f"pruned at rung {report['rung']} ({report['fraction']:.0%} of the budget{step}): "
+                              f"held-out bpb {report['value']:.4f}, {why}")  # fmt: skip
                     return {**report, "reason": reason, "rungs": list(seen)}
             return None
 

@@ -48,6 +48,7 @@ from jaxhpo.protocol import NOT_RUN_PREFIX, ProtocolConfig, charged_seconds
 from jaxhpo.pruners import Pruner
 from jaxhpo.report import plot_convergence, summarize
 from jaxhpo.space import Space
+from jaxhpo.surrogate.curves import LearningCurves
 from jaxhpo.surrogate.data import SurrogateError, check_covers, load_journals, load_table
 from jaxhpo.surrogate.model import Surrogate, fitted
 from jaxhpo.trial import (
@@ -88,6 +89,8 @@ class Study:
         self.script = self._script() if cfg.trainer.name in ("script", "python") else None
         if self.script is None:
             self._check_base()
+        st = cfg.study
+        self.pruner = Pruner(st.pruner, st.pruner_rungs, st.pruner_min_trials, st.pruner_eta)
         self.surrogate = self._surrogate() if cfg.trainer.name == "surrogate" else None
         self.metric = cfg.study.metric
         self.objective = objective.for_trainer(self.metric, cfg.study.direction, cfg.trainer.name,
@@ -98,8 +101,6 @@ class Study:
         if self.metric != "val_bpb" and cfg.trainer.name == "surrogate":
             raise StudyError(f"study.metric={self.metric}: trainer=surrogate predicts val_bpb only")
         self.method = cfg.method.name
-        st = cfg.study
-        self.pruner = Pruner(st.pruner, st.pruner_rungs, st.pruner_min_trials, st.pruner_eta)
         if self.trial.compile_cache:
             # A proposer's own JAX programs (evosax's CMA-ES compiles for seconds as it is made) load from the
             # persistent cache the trials share, so a resume or a grid's next study does not compile them again.
@@ -176,9 +177,20 @@ class Study:
             check_covers(obs, self.space, self.base, self._trainer_flat())
             with self.console.status(f"fitting the surrogate on {obs.source}…"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a GP's bound warnings; `jaxhpo.surrogate fit` scores the fit
-                return fitted(obs, s.regressor, s.classifier, s.noise_std, s.cache_dir)
+                surrogate = fitted(obs, s.regressor, s.classifier, s.noise_std, s.cache_dir)
+            if self.pruner.active:
+                surrogate.curves = self._curves(s.curves)
+            return surrogate
         except SurrogateError as e:
             raise StudyError(str(e)) from None
+
+    def _curves(self, path: str) -> LearningCurves:
+        """The learning curves a pruned surrogate study reports at its rungs, checked like the surrogate's data."""
+        obs = load_journals([path]) if Path(path).suffix == ".sqlite" else load_table(path)
+        check_covers(obs, self.space, self.base, self._trainer_flat())
+        curves = LearningCurves(obs)
+        curves.check_rungs(self.pruner.rungs)
+        return curves
 
     def _script(self) -> script.ScriptJob:
         """trainer=script|python: the script read once (or the target checked), the space checked against it: the
@@ -287,6 +299,8 @@ class Study:
             flat.update({"surrogate.data_id": self.surrogate.obs.data_id, "surrogate.noise_std": self.surrogate.noise_std,
                          "surrogate.regressor": self.surrogate.regressor_name,
                          "surrogate.classifier": self.surrogate.classifier_name})  # fmt: skip
+            if self.surrogate.curves is not None:
+                flat["surrogate.curves_id"] = self.surrogate.curves.obs.data_id
         return flat
 
     def _trainer_flat(self) -> dict:

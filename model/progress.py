@@ -66,11 +66,13 @@ class Rungs:
         """Whether the run, `progress` of the way through its budget, has passed a rung it has not reported."""
         return len(self.reports) < len(self.fractions) and progress >= self.fractions[len(self.reports)]
 
-    def report(self, step: int, value: float, train_loss: float, training_seconds: float) -> None:
-        """Report the next rung: the held-out score `value` (a quarter of the evaluation set's bpb) and the rest."""
+    def report(self, step: int | None, value: float, train_loss: float | None, training_seconds: float) -> None:
+        """Report the next rung: the held-out score `value` (a quarter of the evaluation set's bpb) and the rest
+        (a surrogate's trial knows no step or training loss: None)."""
         rung = len(self.reports)
         line = {"rung": rung, "fraction": self.fractions[rung], "step": step, "value": round(value, 6),
-                "train_loss": round(train_loss, 6), "training_seconds": round(training_seconds, 3)}  # fmt: skip
+                "train_loss": None if train_loss is None else round(train_loss, 6),
+                "training_seconds": round(training_seconds, 3)}  # fmt: skip
         self.reports.append(line)
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")

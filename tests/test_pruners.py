@@ -122,7 +122,7 @@ def test_a_study_prunes_hopeless_trials_and_decides_alike_after_a_resume(tmp_pat
         (["study.pruner=median", "study.pruner_rungs=[0.5,0.25]"], "invalid study.pruner_rungs=[0.5, 0.25]"),
         (["study.pruner=median", "study.pruner_min_trials=0"], "invalid study.pruner_min_trials=0"),
         (["study.pruner=asha", "protocol=paper"], "study.pruner=asha: protocol=paper runs every trial to its end"),
-        (["study.pruner=median", "trainer=surrogate"], "study.pruner=median: trainer=surrogate reports no rungs"),
+        (["study.pruner=median", "trainer=script"], "study.pruner=median: trainer=script reports no rungs"),
         (["study.pruner=median", "study.metric=final_train_loss"], "prunes studies of val_bpb, not final_train_loss"),
     ],
 )

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from jaxhpo.journal import Journal
+from jaxhpo.surrogate.curves import LearningCurves
 from jaxhpo.surrogate.data import REPO, base_configs, load_table
 from jaxhpo.surrogate.model import Surrogate, features, fitted, measured_noise
 from jaxhpo.trial import trial_config
 from tests.conftest import run_cli
 
 TABLE = REPO / "benchmarks/data/surrogate_tiny.csv"
+CURVES = REPO / "benchmarks/data/surrogate_tiny_curves.csv"
 
 
 def surrogate_study(run_dir, *extra):
@@ -130,7 +132,7 @@ def _copy_table(tmp_path, rows=None, sidecar=True):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "no_sidecar", "few_successes", "space", "model", "budget",
-                                  "journal_without_successes"])  # fmt: skip
+                                  "journal_without_successes", "no_curves", "rung_outside_curves"])  # fmt: skip
 def test_bad_surrogate_input_is_one_line_and_exit_2(case, tmp_path, in_process):
     """In this process (the command line's own exit and output: the "missing" case, also as a subprocess)."""
     args = {
@@ -140,6 +142,8 @@ def test_bad_surrogate_input_is_one_line_and_exit_2(case, tmp_path, in_process):
         "space": lambda: ["space.params.DEPTH.high=8"],
         "model": lambda: ["model.seq_len=512"],
         "budget": lambda: ["trial.budget=hours"],
+        "no_curves": lambda: ["study.pruner=asha", f"surrogate.curves={TABLE}"],  # a table of final values only
+        "rung_outside_curves": lambda: ["study.pruner=median", "study.pruner_rungs=[0.01,0.5]"],
     }.get(case, list)()
     if case == "corrupt":
         table = _copy_table(tmp_path)
@@ -151,7 +155,8 @@ def test_bad_surrogate_input_is_one_line_and_exit_2(case, tmp_path, in_process):
         args = [f"surrogate.journals=[{tmp_path / 'j.sqlite'}]"]
     expected = {"missing": "not found", "corrupt": "is corrupt", "no_sidecar": "has no sidecar",
                 "few_successes": "successful trials", "space": "outside what", "model": "model.seq_len=256, not 512",
-                "budget": "trial.budget", "journal_without_successes": "0 successful trials"}[case]  # fmt: skip
+                "budget": "trial.budget", "journal_without_successes": "0 successful trials",
+                "no_curves": "0 learning curves", "rung_outside_curves": "rung 0.01 is outside the fractions"}[case]  # fmt: skip
     code, stderr = in_process(["+method=tpe", "trainer=surrogate", "study.budget_s=null",
                                f"hydra.run.dir={tmp_path / 'run'}", "study.max_trials=2", *args])  # fmt: skip
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -177,3 +182,38 @@ def test_a_cmaes_study_keeps_its_own_programs_in_the_shared_compilation_cache(tm
                    f"trial.compile_cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(cache.iterdir())) >= 2  # CMA-ES's init and its ask/tell, at least
+
+
+def test_learning_curves_fall_toward_the_final_value_as_the_budget_is_spent():
+    """Fitted on the committed curves: the default configuration's held-out bpb early in its budget is well above
+    its value late, which ends near the final val_bpb."""
+    curves = LearningCurves(load_table(CURVES))
+    assert curves.curves >= 10
+    base, trial = base_configs(curves.obs.trainer)
+    cfg, _ = trial_config(base, curves.obs.space, curves.obs.space.default(), trial)
+    early, late = curves.values(cfg, [0.0556, 0.9], final=2.0)
+    assert early > late + 0.3 and abs(late - 2.0) < 0.3, (early, late)
+
+
+def test_a_pruned_surrogate_study_stops_trials_at_rungs_and_charges_only_what_they_ran(tmp_path):
+    """The same random study (same configurations) with and without asha: a pruned trial is charged less than its
+    full run, an ok one scores exactly what it scores unpruned; the rung values are the curve's, and a rerun is
+    pruned alike."""
+    runs = {}
+    for name, pruner in (("none", "none"), ("asha", "asha"), ("again", "asha")):
+        proc = run_cli("jaxhpo", "+method=random", "trainer=surrogate", "study.budget_s=null", "study.max_trials=30",
+                       f"study.pruner={pruner}", f"hydra.run.dir={tmp_path / name}")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with Journal(tmp_path / name / "journal.sqlite", readonly=True) as journal:
+            runs[name] = journal.trials()
+    plain, pruned = runs["none"], runs["asha"]
+    assert [t.params for t in plain] == [t.params for t in pruned]
+    stopped = [(a, b) for a, b in zip(plain, pruned) if b.status == "pruned"]
+    assert 3 <= len(stopped) <= 25
+    for a, b in stopped:
+        assert a.status == "ok" and b.wall_seconds < a.wall_seconds
+        assert b.result["pruned"]["fraction"] in (1 / 9, 1 / 3) and "held-out bpb" in b.error
+    finished = [(a, b) for a, b in zip(plain, pruned) if b.status == "ok"]
+    assert finished and all(a.val_bpb == b.val_bpb and len(b.result["rungs"]) == 2 for a, b in finished)
+    assert sum(t.wall_seconds for t in pruned) < sum(t.wall_seconds for t in plain)
+    assert [(t.status, t.wall_seconds) for t in runs["again"]] == [(t.status, t.wall_seconds) for t in pruned]

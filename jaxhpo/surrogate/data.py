@@ -106,14 +106,22 @@ def _table_row(space: Space, r: Mapping[str, str]) -> dict | None:
     for p in space.params:
         text = r[p.name]
         params[p.name] = text if p.type == "categorical" else int(float(text)) if p.type == "int" else float(text)
-    return {"params": params, "seed": int(r["seed"]), "status": r["status"], "val_bpb": _number(r["val_bpb"]),
-            "wall_seconds": float(r["wall_seconds"]), "training_seconds": _number(r["training_seconds"])}
+    row = {"params": params, "seed": int(r["seed"]), "status": r["status"], "val_bpb": _number(r["val_bpb"]),
+           "wall_seconds": float(r["wall_seconds"]), "training_seconds": _number(r["training_seconds"])}
+    return _with_rungs(row, json.loads(r.get("rungs") or "[]"))
 
 
 def record_row(t: TrialRecord) -> dict:
     """A table row of a journaled trial."""
-    return {"params": dict(t.params), "seed": t.seed, "status": t.status, "val_bpb": t.val_bpb,
-            "wall_seconds": t.wall_seconds, "training_seconds": t.training_seconds}  # fmt: skip
+    row = {"params": dict(t.params), "seed": t.seed, "status": t.status, "val_bpb": t.val_bpb,
+           "wall_seconds": t.wall_seconds, "training_seconds": t.training_seconds}  # fmt: skip
+    return _with_rungs(row, [(r["fraction"], r["value"]) for r in t.result.get("rungs", [])])
+
+
+def _with_rungs(row: dict, rungs: Sequence) -> dict:
+    """`row` with its learning curve, [(fraction, held-out bpb)], where the trial reported at rungs (a row without
+    any hashes as before rungs were read, so the data's id stays)."""
+    return {**row, "rungs": [(float(f), float(v)) for f, v in rungs]} if rungs else row
 
 
 def load_journals(paths: Sequence[str | Path]) -> Observations:

@@ -13,14 +13,18 @@ import pickle
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
 from jaxhpo.space import Space
 from jaxhpo.surrogate.data import Observations, SurrogateError, base_configs
-from jaxhpo.trial import Outcome, trial_config
+from jaxhpo.trial import Outcome, pruned, trial_config
 from model.config import ConfigError, TrainConfig, get_field
+from model.progress import Rungs
+
+if TYPE_CHECKING:
+    from jaxhpo.surrogate.curves import LearningCurves
 
 
 def _regressors() -> dict[str, Callable[[int], object]]:
@@ -150,6 +154,7 @@ class Surrogate:
         ) if len(train_rows) >= 2 else None  # fmt: skip
         self.measured_noise, self.noise_groups = measured_noise(x, rows)
         self.noise_std = self.measured_noise if noise_std is None else float(noise_std)
+        self.curves: LearningCurves | None = None  # set by a study that prunes (jaxhpo.surrogate.curves)
 
     def predict(self, cfg: TrainConfig) -> dict:
         """How the trial of `cfg` ends: status, val_bpb (with noise drawn for its seed and configuration: the
@@ -169,12 +174,29 @@ class Surrogate:
                 out["training_seconds"] = min(wall, float(np.exp(self.train_model.predict(x)[0])))
         return out
 
-    def run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None, env=None, cancel=None) -> Outcome:
-        """The trial's Outcome as the surrogate predicts it; its wall seconds are the predicted ones."""
+    def run(self, cfg: TrainConfig, trial_dir: Path, timeout_s: float | None = None, env=None, cancel=None,
+            watch: Callable[[], dict | None] | None = None) -> Outcome:  # fmt: skip
+        """The trial's Outcome as the surrogate predicts it; its wall seconds are the predicted ones. With rungs
+        (`cfg.rungs`, a pruning study's), an ok trial reports its learning curve's values through RUNGS_FILE as the
+        trainer does, and `watch` (the pruner's) may stop it there: it is then charged its start and the share of
+        its training it ran."""
         started = time.time()
         p = self.predict(cfg)
         result = {"status": p["status"], "val_bpb": p["val_bpb"], "training_seconds": p["training_seconds"],
                   "surrogate": {"p_status": p["p_status"], "data_id": self.obs.data_id}}  # fmt: skip
+        if cfg.rungs and p["status"] == "ok":
+            if self.curves is None:
+                raise SurrogateError("this surrogate has no learning curves to report rungs from")
+            training = p["training_seconds"] or p["wall_seconds"]
+            Path(trial_dir).mkdir(parents=True, exist_ok=True)
+            rungs = Rungs(cfg.rungs, Path(trial_dir))
+            for fraction, value in zip(cfg.rungs, self.curves.values(cfg, cfg.rungs, p["val_bpb"])):
+                rungs.report(None, value, None, fraction * training)
+                if watch is not None and (report := watch()) is not None:
+                    outcome = pruned(report, started, time.time())
+                    outcome.wall_seconds = p["wall_seconds"] - (1 - fraction) * training
+                    return outcome
+            result["rungs"] = rungs.reports
         error = None if p["status"] == "ok" else f"surrogate: predicted {p['status']} (p={max(p['p_status'].values())})"
         return Outcome(p["status"], p["val_bpb"], error, p["wall_seconds"], started, time.time(), result)
 
