@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxhpo.journal import Journal
-from jaxhpo.surrogate.curves import LearningCurves
+from jaxhpo.surrogate.curves import LearningCurves, cross_validate_curves
 from jaxhpo.surrogate.data import REPO, base_configs, load_table
 from jaxhpo.surrogate.model import Surrogate, features, fitted, measured_noise
 from jaxhpo.trial import trial_config
@@ -192,7 +192,14 @@ def test_learning_curves_fall_toward_the_final_value_as_the_budget_is_spent():
     base, trial = base_configs(curves.obs.trainer)
     cfg, _ = trial_config(base, curves.obs.space, curves.obs.space.default(), trial)
     early, late = curves.values(cfg, [0.0556, 0.9], final=2.0)
-    assert early > late + 0.3 and abs(late - 2.0) < 0.3, (early, late)
+    assert early > late + 0.3 and abs(late - 2.0) < 0.5, (early, late)
+    assert curves.values(cfg, [0.0556, 0.9], final=2.0) == [early, late]  # the same trial reports the same curve
+    # held out, the surrogate's early rungs order trials about as loosely as the real ones did
+    rows = cross_validate_curves(curves.obs)
+    assert [r["fraction"] for r in rows] == sorted(r["fraction"] for r in rows) and len(rows) >= 5
+    assert all(abs(r["spearman_drawn"] - r["spearman_real"]) < 0.3 and r["mae"] < 0.5 for r in rows), rows
+    proc = run_cli("jaxhpo.surrogate", "curves")
+    assert proc.returncode == 0 and "ρ drawn" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_a_pruned_surrogate_study_stops_trials_at_rungs_and_charges_only_what_they_ran(tmp_path):
