@@ -7,11 +7,20 @@ methods and seeds with a pruner, from their journals.
         'hydra.sweep.subdir=${study.pruner}/${method.name}/seed${seed}'
     python benchmarks/pruning_savings.py outputs/compare-pruning [--pruner asha]
 
+The same on the surrogate benchmark (its learning curves: README, "A surrogate benchmark from real trials"), ten
+seeds of 100 trials, in about 17 minutes:
+
+    python -m jaxhpo -m trainer=surrogate +method=random,tpe,cmaes study.pruner=none,asha,median 'seed=range(10)' \\
+        study.max_trials=100 study.budget_s=null hydra.sweep.dir=outputs/compare-pruning-surrogate \\
+        'hydra.sweep.subdir=${study.pruner}/${method.name}/seed${seed}'
+    python benchmarks/pruning_savings.py outputs/compare-pruning-surrogate --pruner asha   # and --pruner median
+
 For each method and seed, both studies ran the same number of trials: the table gives each one's summed trial
 wall time (what a budget is charged), its best val_bpb, the pruned share of its trials, and the best the study
 without pruning had found once it had spent what the pruned study spent in all (the fair comparison at equal
-budget). Below it, pooled over every (method, seed) pair: the spend ratio's mean with a bootstrap 95 % interval,
-and paired Wilcoxon signed-rank tests of the bests, at equal trials and at equal spend (jaxhpo.stats).
+budget). Below it, pooled over every (method, seed) pair and then for each method: the spend ratio's mean with a
+bootstrap 95 % interval, and paired Wilcoxon signed-rank tests of the bests, at equal trials and at equal spend
+(jaxhpo.stats).
 """
 
 from __future__ import annotations
@@ -70,24 +79,31 @@ def main() -> None:
         raise SystemExit(f"no finished pairs of studies under {args.root}/none and {args.root}/{args.pruner}")
 
     print(f"{'study':<16}{'trials':>7}{'spent none s':>14}{f'{args.pruner} s':>10}{'ratio':>7}{'pruned %':>10}"
-          f"{'best none':>11}{f'best {args.pruner}':>11}{'none at equal spend':>21}")  # fmt: skip
+          f"{'best none':>11}{f'best {args.pruner}':>12}{'none at equal spend':>21}")  # fmt: skip
     for r in rows:
         at_spend = f"{r['best_none_at_spend']:.4f}" if r["best_none_at_spend"] is not None else "-"
         print(f"{r['study']:<16}{r['trials']:>7}{r['spend_none']:>14.0f}{r['spend_pruned']:>10.0f}"
               f"{r['spend_pruned'] / r['spend_none']:>7.2f}{r['pruned_pct']:>10.1f}{r['best_none']:>11.4f}"
-              f"{r['best_pruned']:>11.4f}{at_spend:>21}")  # fmt: skip
+              f"{r['best_pruned']:>12.4f}{at_spend:>21}")  # fmt: skip
 
+    summarize(rows, args.pruner, "all methods")
+    for method in sorted({r["study"].split("/")[0] for r in rows}):
+        summarize([r for r in rows if r["study"].startswith(f"{method}/")], args.pruner, method)
+
+
+def summarize(rows: list[dict], pruner: str, label: str) -> None:
+    """The spend ratio with its bootstrap interval, and paired tests of the bests at equal trials and equal spend."""
     ratios = [r["spend_pruned"] / r["spend_none"] for r in rows]
     ci = bootstrap_ci(ratios)
-    print(f"\nspend with {args.pruner} / without, {len(rows)} pairs: mean {statistics.mean(ratios):.2f} "
+    print(f"\n{label}: spend with {pruner} / without, {len(rows)} pairs: mean {statistics.mean(ratios):.2f} "
           f"(bootstrap 95 % CI {ci[0]:.2f}-{ci[1]:.2f})")  # fmt: skip
-    for label, key in (("equal trials", "best_none"), ("equal spend", "best_none_at_spend")):
+    for what, key in (("equal trials", "best_none"), ("equal spend", "best_none_at_spend")):
         pairs = [(r[key], r["best_pruned"]) for r in rows if r[key] is not None]
         diffs = [p - n for n, p in pairs]
         test = paired_wilcoxon(dict(enumerate(n for n, _ in pairs)), dict(enumerate(p for _, p in pairs)))
         p = f"{test.p_value:.3f}" if test.p_value is not None else "untestable"
-        print(f"best val_bpb, {label}: {args.pruner} - none = {statistics.mean(diffs):+.4f} on average "
-              f"({sum(d < 0 for d in diffs)} of {len(diffs)} pairs better with {args.pruner}); Wilcoxon p = {p}")
+        print(f"  best val_bpb, {what}: {pruner} - none = {statistics.mean(diffs):+.4f} on average "
+              f"({sum(d < 0 for d in diffs)} of {len(diffs)} pairs better with {pruner}); Wilcoxon p = {p}")
 
 
 if __name__ == "__main__":
