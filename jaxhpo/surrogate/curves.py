@@ -151,10 +151,10 @@ def cross_validate_curves(obs: Observations, folds: int = 5) -> list[dict]:
                 out[f]["errors"].append(abs(a + b * final - v))
                 out[f]["real"].append((final, v))
                 out[f]["drawn"].append((final, d))
-    rows = []
+    scores = []
     for r in out.values():
         real, drawn = np.array(r["real"]), np.array(r["drawn"])
-        rows.append({"fraction": r["fraction"], "trials": r["trials"], "mae": float(np.mean(r["errors"])),
+        scores.append({"fraction": r["fraction"], "trials": r["trials"], "mae": float(np.mean(r["errors"])),
                      "spearman_real": float(spearmanr(real[:, 0], real[:, 1]).statistic),
                      "spearman_drawn": float(spearmanr(drawn[:, 0], drawn[:, 1]).statistic)})  # fmt: skip
-    return rows
+    return scores

@@ -60,6 +60,7 @@ EXEMPT = {
     "llm.flash_attn": "a bool: its type is its range",
     "surrogate.table": "a path: whether it holds a table is the surrogate's check, made only under trainer=surrogate",
     "surrogate.journals": "paths: whether they hold journals is the surrogate's check, made only under trainer=surrogate",
+    "surrogate.curves": "a path: whether it holds learning curves is checked only by a surrogate study that prunes",
     "surrogate.cache_dir": "a folder: any path is a place to cache in (one that cannot be written costs a fit)",
     "model.mix_scalars": "a bool: its type is its range",
     "model.qk_norm": "a bool: its type is its range",
