@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxhpo.surrogate.data import Observations, SurrogateError, base_configs
-from jaxhpo.surrogate.model import encode, key_values
-from jaxhpo.trial import trial_config
-from model.config import ConfigError, TrainConfig
+from jaxhpo.surrogate.data import Observations, SurrogateError
+from jaxhpo.surrogate.model import encode, features, key_values
+from model.config import TrainConfig
 
 MIN_CURVES = 10
 
@@ -36,17 +35,8 @@ class _Curves:
 
 def _curve_rows(obs: Observations) -> list[dict]:
     """The rows with a learning curve of trials that finished ok and that the trainer would still run."""
-    base, trial = base_configs(obs.trainer)
-    rows = []
-    for row in obs.rows:
-        if row["status"] != "ok" or not row.get("rungs"):
-            continue
-        try:
-            trial_config(base, obs.space, row["params"], trial)
-        except (ConfigError, ValueError):
-            continue
-        rows.append(row)
-    return rows
+    _, kept = features(obs)
+    return [row for row in kept if row["status"] == "ok" and row.get("rungs")]
 
 
 def _curves(rows: list[dict], source: str) -> _Curves:
