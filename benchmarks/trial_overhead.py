@@ -15,29 +15,29 @@ Each repeat takes, for each way, a fresh, empty compilation-cache folder and run
 the other:
 
     cold              the space's default configuration, nothing cached
-    warm, same        the same configuration again: both steps come from jaxhpo's cache of compiled steps
-                      (model.programs), without tracing
+    warm, same        the same configuration again: all three programs come from jaxhpo's cache of compiled
+                      programs (model.programs), without tracing
     warm, other LRs   the default with its four learning rates halved: learning rates are inputs of the compiled
                       steps, not constants, so it too should compile nothing
-    warm, traced      the same configuration with jaxhpo's cache of steps emptied first: the steps are traced and
-                      lowered, then loaded from XLA's persistent cache (what every warm trial did before
-                      model.programs); the difference to "warm, same" is what that cache saves
+    warm, traced      the same configuration with jaxhpo's cache of programs emptied first: the programs are
+                      traced and lowered, then loaded from XLA's persistent cache (what every warm trial did
+                      before model.programs); the difference to "warm, same" is what that cache saves
 
 Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is split with its result.json:
 
     start+imports     wall - total_seconds: interpreter start, imports, JAX start-up, process exit
     setup             setup_seconds: memory limit, cache, corpus (already tokenized, as the study does before
-                      trial 0), abstract model and optimizer state
-    compile           compile_seconds: AOT compilation of the train and eval steps (or cache loads)
-    other             total - setup - compile - training - eval: pre-flight, parameter and optimizer
-                      initialization (eagerly run operations, each compiled as a small program of its own, which
-                      the persistent cache holds too), the input pipeline's start, writing result.json
+                      trial 0)
+    compile           compile_seconds: AOT compilation of the three programs, parameter and optimizer
+                      initialization, train step and eval step (or their loads from the caches)
+    other             total - setup - compile - training - eval: pre-flight, running the initialization, the
+                      input pipeline's start, writing result.json
     eval              eval_seconds: scoring val_bpb
     training          training_seconds: the budget (under a time budget overshot by at most one step)
 
 The overhead in seconds is about independent of the budget, so its share of the wall time falls as the budget
 grows: at the study default of 15 s (or the original 300 s) recompute the shares from the seconds column. The
-per-run lines give the hits and misses of the two steps in jaxhpo's cache of steps and in XLA's (result.json's
+per-run lines give the hits and misses of the three programs in jaxhpo's cache of programs and in XLA's (result.json's
 `compile_cache`, counted up to the end of their compilation) and the files in the cache folder after the run. Timings on a shared CPU are noisy;
 the table gives means over the repeats with their min-max range.
 """
@@ -105,7 +105,7 @@ def main() -> None:
     print(f"model={cfg.model.depth}x{cfg.model.model_dim} space={space.name} budget {unit}, "
           f"{args.repeats} repeats\n")  # fmt: skip
     print(f"{'repeat':>6}  {'started by':<17}{'case':<16}{'status':<8}{'wall s':>8}{'compile s':>11}"
-          f"{'steps hit/miss':>16}{'XLA hit/miss':>13}{'cache files':>13}")  # fmt: skip
+          f"{'ours hit/miss':>16}{'XLA hit/miss':>13}{'cache files':>13}")  # fmt: skip
     forks = ForkServer()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):

@@ -124,10 +124,11 @@ def peak_flops() -> float | None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, or the host refusing memory. Under an
-    address-space limit, also XLA:CPU's YNNPACK kernels failing: they report a refused allocation only as
+    """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, XLA:CPU's "Out of memory allocating <N> bytes"
+    (an INTERNAL error when a program's buffers are allocated as it is dispatched), or the host refusing memory.
+    Under an address-space limit, also XLA:CPU's YNNPACK kernels failing: they report a refused allocation only as
     "YNNPACK operation failed" (after printing "allocate of <N> failed")."""
-    if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc):
+    if isinstance(exc, MemoryError) or any(s in str(exc) for s in ("RESOURCE_EXHAUSTED", "Out of memory allocating")):
         return True
     limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
     return limited and "YNNPACK operation failed" in str(exc)

@@ -33,6 +33,10 @@ MUON_MOMENTUM_START, MUON_MOMENTUM_END, MUON_MOMENTUM_STEPS = 0.85, 0.95, 300
 REFERENCE_WIDTH = 768  # AdamW learning rates were tuned at this width
 MUON_VARIANTS = ("autoresearch", "optax")
 EMBEDDING_DTYPES = ("float32", "bfloat16")
+# The tunable numbers of OptimConfig. Each lives in the optimizer state as an array, so a program that makes the
+# state (model.train's initialization) takes them as inputs, and no program holds them as constants.
+NUMBERS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay", "warmup_ratio",
+           "warmdown_ratio", "final_lr_frac")  # fmt: skip
 
 
 @dataclass

@@ -1,14 +1,15 @@
-"""Compiled steps kept on disk under a key of what they compute, so that a run whose program matches an earlier
-run's loads it without tracing or lowering anything.
+"""Compiled programs (a run's initialization, train step and eval step) kept on disk under a key of what they
+compute, so that a run whose programs match an earlier run's loads them without tracing or lowering anything.
 
 XLA's persistent cache (`device.enable_compile_cache`) is keyed by the lowered program, so every run still traces
 and lowers its train step before it can look there: about half a second at model=tiny, more than loading the
-program. This cache is keyed by the run's configuration instead, less the settings that never reach the program
-as constants (`PROGRAM_INPUTS`: the optimizer's numbers and the schedule are arrays in its state, the seed and the
-budget decide which data and how many steps, not the step), plus everything else the program depends on: the
-tokenizer's byte lengths (the eval step's constant), the trainer's source, JAX's version and settings, XLA's flags
-and the devices. A key misses whenever any of that differs, so it can only be too cautious, never stale; a test
-lowers the steps with the settings of `PROGRAM_INPUTS` changed and checks the program is the same.
+program. This cache is keyed by the run's configuration instead, less the settings that never reach a program
+as constants (`PROGRAM_INPUTS`: the seed and the optimizer's numbers are inputs of the initialization and then
+arrays in the optimizer state, the budget decides which data and how many steps, not the step), plus everything
+else the programs depend on: the tokenizer's byte lengths (the eval step's constant), the trainer's source, JAX's
+version and settings, XLA's flags and the devices. A key misses whenever any of that differs, so it can only be
+too cautious, never stale; a test lowers the programs with the settings of `PROGRAM_INPUTS` changed and checks
+they are the same.
 
 Entries live beside XLA's under `compile_cache_dir`, written whole and renamed, so concurrent runs share them; an
 entry that cannot be read is compiled again. Only a program compiled in this run is stored: one that XLA's
@@ -31,12 +32,12 @@ import jaxlib
 from jax.experimental import serialize_executable
 
 from model.config import TrainConfig
+from model.optim import NUMBERS
 
 # Settings that reach the compiled steps only as array inputs, or not at all: runs that differ only in these share
 # their programs. The memory settings stay in the key: a GPU compiler may schedule for the memory it is given.
 PROGRAM_INPUTS = frozenset({
-    "optim.embedding_lr", "optim.unembedding_lr", "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay",
-    "optim.warmup_ratio", "optim.warmdown_ratio", "optim.final_lr_frac",
+    *(f"optim.{name}" for name in NUMBERS),
     "seed", "budget", "time_budget_s", "budget_flops", "budget_tokens", "max_steps", "model.eval_tokens",
     "save_checkpoint", "log_every_s", "preflight", "compile_cache_dir", "rungs",
 })  # fmt: skip

@@ -21,6 +21,8 @@ in hydra_configs/).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import sys
@@ -49,7 +51,7 @@ from model.config import (
 from model.data import load_corpus, train_batches, val_batches
 from model.evaluate import evaluate_bpb, make_eval_step, save_params
 from model.gpt import GPT, flops_per_token, param_count, token_losses
-from model.optim import build_optimizer
+from model.optim import NUMBERS, build_optimizer
 from model.programs import ProgramCache, program_key
 from model.progress import Rungs, TrainProgress
 
@@ -130,26 +132,35 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     dtype = device.compute_dtype(cfg.compute_dtype)
     corpus = load_corpus(cfg.data, m.vocab_size)
 
-    def new_model() -> GPT:
-        return GPT(m, dtype=dtype, rngs=nnx.Rngs(cfg.seed))
-
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(new_model), nnx.Param)
     tx = build_optimizer(cfg.optim, m.model_dim)
-    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
 
+    def init_state(seed: jax.Array, numbers: dict[str, jax.Array]):
+        """(parameters, optimizer state) from the seed and the optimizer's numbers, both inputs: one program,
+        loaded like the steps, instead of the hundreds of small ones that building both eagerly runs (half a
+        second even when each comes from the cache)."""
+        _, params = nnx.split(GPT(m, dtype=dtype, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)
+        return params, build_optimizer(dataclasses.replace(cfg.optim, **numbers), m.model_dim).init(params)
+
+    @functools.cache
+    def graphdef() -> nnx.GraphDef:  # what the steps are traced from, needed only when one is not cached
+        return nnx.graphdef(nnx.eval_shape(lambda: GPT(m, dtype=dtype, rngs=nnx.Rngs(0))))
+
+    init_inputs = (np.int32(cfg.seed), {k: np.float32(getattr(cfg.optim, k)) for k in NUMBERS})
     accum = grad_accum_steps(m)
     batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
     eval_shape = jax.ShapeDtypeStruct((m.eval_batch_size, m.seq_len + 1), jnp.int32)
     t_compile = time.time()
     programs = ProgramCache(cfg.compile_cache_dir, program_key(cfg, dtype, corpus.key), cache)
-    step_fn = programs.get("train", lambda: jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1)).lower(
+    init = programs.get("init", lambda: jax.jit(init_state).lower(*init_inputs))
+    abstract_params, abstract_opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init.out_info)
+    step_fn = programs.get("train", lambda: jax.jit(make_train_step(graphdef(), tx), donate_argnums=(0, 1)).lower(
         abstract_params, abstract_opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32)))
-    eval_step = programs.get("eval", lambda: make_eval_step(graphdef, corpus.token_bytes).lower(
+    eval_step = programs.get("eval", lambda: make_eval_step(graphdef(), corpus.token_bytes).lower(
         abstract_params, eval_shape))
     # Recorded now, not returned at the end: a run that fails later (an OOM) still says where its time went.
     result["setup_seconds"] = round(t_compile - t_start, 3)
     result["compile_seconds"] = round(time.time() - t_compile, 3)
-    # XLA's cache: the steps when they were not in ours, and the parameter initialisation
+    # XLA's cache: the programs when they were not in ours
     result["compile_cache"] = {**cache, "programs": programs.counts()}
     footprint = preflight.footprint(
         step_fn, eval_step, abstract_params, abstract_opt_state, preflight.memory_limit_bytes(cfg.memory_limit_gb)
@@ -158,8 +169,7 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     if cfg.preflight and not footprint.fits:
         raise preflight.PredictedOOM(footprint.message())
 
-    _, params = nnx.split(new_model(), nnx.Param)
-    opt_state = tx.init(params)
+    params, opt_state = init(*init_inputs)
 
     batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed, cfg.data.layout)
     # Made before training, so that a held-out split too small for the evaluation is refused before the budget

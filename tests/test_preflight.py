@@ -31,7 +31,8 @@ def test_a_configuration_that_really_ooms_is_refused_before_it_runs(preflight, t
         assert result["preflight"]["predicted"] > 3 and result["preflight"]["fits"] is False
         assert "num_steps" not in result
     else:  # without the check the same configuration really fails in XLA's allocator
-        assert "RESOURCE_EXHAUSTED" in result["error"] and "predicted" not in result
+        assert "predicted" not in result
+        assert any(s in result["error"] for s in ("RESOURCE_EXHAUSTED", "Out of memory allocating")), result
 
 
 def test_a_configuration_that_fits_passes_and_learning_rates_do_not_recompile(tmp_path, data_cache):
@@ -39,13 +40,13 @@ def test_a_configuration_that_fits_passes_and_learning_rates_do_not_recompile(tm
     first = train(tmp_path / "a", data_cache, cache, "optim.matrix_lr=0.04", "optim.embedding_lr=0.6")
     assert first["status"] == "ok" and first["preflight"]["fits"] is True
     assert first["preflight"]["predicted"] <= 3
-    assert first["compile_cache"]["misses"] >= 2  # the train step and the eval step
+    assert first["compile_cache"]["misses"] >= 3  # the initialization, the train step and the eval step
     second = train(tmp_path / "b", data_cache, cache, "optim.matrix_lr=0.01", "optim.embedding_lr=0.2",
                    "optim.warmdown_ratio=0.3")  # fmt: skip
     assert second["status"] == "ok" and second["val_bpb"] != first["val_bpb"]
-    # both programs came from the cache, without even tracing them (model.programs)
-    assert second["compile_cache"]["programs"] == {"hits": 2, "misses": 0}
+    # all three programs came from the cache, without even tracing them (model.programs)
+    assert second["compile_cache"]["programs"] == {"hits": 3, "misses": 0}
     assert second["compile_cache"]["misses"] == 0
     assert second["compile_seconds"] < first["compile_seconds"]
     other_shape = train(tmp_path / "c", data_cache, cache, "model.depth=1")
-    assert other_shape["compile_cache"]["programs"]["misses"] == 2  # a new shape is a new program
+    assert other_shape["compile_cache"]["programs"]["misses"] == 3  # a new shape: new programs

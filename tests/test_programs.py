@@ -1,5 +1,5 @@
-"""The cache of compiled steps keyed by configuration (model.programs): what it leaves out of its key really does
-not change the program, a run that loads its steps trains exactly as one that compiled them, a damaged entry is
+"""The cache of compiled programs keyed by configuration (model.programs): what it leaves out of its key really
+does not change the programs (the initialization and the two steps), a run that loads its steps trains exactly as one that compiled them, a damaged entry is
 compiled again, and steps XLA's own cache handed back are never stored."""
 
 import dataclasses
@@ -18,16 +18,17 @@ class Lowered(Exception):
 
 
 def lowered_programs(monkeypatch, tmp_path, cfg) -> tuple[str, dict[str, str]]:
-    """The key `cfg`'s run computes and the text of the two steps it lowers, read from a real run."""
+    """The key `cfg`'s run computes and the text of the three programs it lowers, read from a real run."""
     seen: dict = {}
 
     class Recording(ProgramCache):
         def get(self, name, lower):
             seen["key"] = self.key
-            seen[name] = lower().as_text()
+            lowered = lower()
+            seen[name] = lowered.as_text()
             if name == "eval":
                 raise Lowered
-            return None
+            return lowered.compile() if name == "init" else None  # the steps are lowered against its outputs
 
     monkeypatch.setattr(model.train, "ProgramCache", Recording)
     result = train(cfg, tmp_path)
@@ -58,7 +59,7 @@ def test_what_the_key_leaves_out_does_not_change_the_programs(monkeypatch, tmp_p
     # ...while a setting the key holds changes both: the comparison above can fail.
     other_key, other = lowered_programs(monkeypatch, tmp_path / "c", tiny_config(data_cache, max_steps=3,
                                                                                  model={"depth": 1}))  # fmt: skip
-    assert other_key != key and other["train"] != programs["train"]
+    assert other_key != key and other["train"] != programs["train"] and other["init"] != programs["init"]
 
 
 def cli_train(out, data_cache, cache, *overrides: str) -> dict:
@@ -72,23 +73,23 @@ def test_a_run_that_loads_its_steps_trains_as_one_that_compiled_them(tmp_path, d
     cache = tmp_path / "cache"
     runs = [cli_train(tmp_path / str(i), data_cache, cache, *args) for i, args in enumerate([[], [], ["seed=3"]])]
     assert [r["status"] for r in runs] == ["ok"] * 3, runs
-    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 2}] + [{"hits": 2, "misses": 0}] * 2
+    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 3}] + [{"hits": 3, "misses": 0}] * 2
     assert runs[1]["val_bpb"] == runs[0]["val_bpb"] and runs[1]["final_train_loss"] == runs[0]["final_train_loss"]
     assert runs[2]["val_bpb"] != runs[0]["val_bpb"]  # another seed: same programs, other data and initial values
     for key in ("train_peak", "eval_peak", "state"):  # XLA's memory analysis survives the round trip
         assert runs[1]["preflight"][key] == runs[0]["preflight"][key], key
     # a damaged entry is compiled again (here XLA's cache has it)
     entries = sorted((cache / FOLDER).glob("*.pkl"))
-    assert len(entries) == 2
+    assert len(entries) == 3
     entries[0].write_bytes(b"not a program")
     again = cli_train(tmp_path / "damaged", data_cache, cache)
     assert again["status"] == "ok" and again["val_bpb"] == runs[0]["val_bpb"], again
-    assert again["compile_cache"]["programs"] == {"hits": 1, "misses": 1}
+    assert again["compile_cache"]["programs"] == {"hits": 2, "misses": 1}
     # Steps that XLA's cache hands back are not stored (a copy of a loaded program would not run), and the run
     # after that one traces again and trains the same.
     shutil.rmtree(cache / FOLDER)
     traced = [cli_train(tmp_path / f"traced{i}", data_cache, cache) for i in range(2)]
     for run in traced:
         assert run["status"] == "ok" and run["val_bpb"] == runs[0]["val_bpb"], run
-        assert run["compile_cache"]["hits"] == 2 and run["compile_cache"]["programs"] == {"hits": 0, "misses": 2}
+        assert run["compile_cache"]["hits"] == 3 and run["compile_cache"]["programs"] == {"hits": 0, "misses": 3}
     assert not list((cache / FOLDER).glob("*.pkl"))
