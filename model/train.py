@@ -145,7 +145,7 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     def graphdef() -> nnx.GraphDef:  # what the steps are traced from, needed only when one is not cached
         return nnx.graphdef(nnx.eval_shape(lambda: GPT(m, dtype=dtype, rngs=nnx.Rngs(0))))
 
-    init_inputs = (np.int32(cfg.seed), {k: np.float32(getattr(cfg.optim, k)) for k in NUMBERS})
+    init_inputs = (np.uint32(cfg.seed), {k: np.float32(getattr(cfg.optim, k)) for k in NUMBERS})
     accum = grad_accum_steps(m)
     batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
     eval_shape = jax.ShapeDtypeStruct((m.eval_batch_size, m.seq_len + 1), jnp.int32)
