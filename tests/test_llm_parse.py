@@ -185,6 +185,17 @@ def user_text(messages) -> str:
     return messages[1]["content"]
 
 
+def table(text: str) -> str:
+    """The prompt's table of evaluations, without the earlier failures listed before it."""
+    section = text.split("## Evaluations\n", 1)[1].split("\n## ", 1)[0]
+    return section[section.index("(oldest first"):]
+
+
+def shown(text: str) -> list[str]:
+    """The trial numbers in the prompt's table of evaluations, in order."""
+    return [row.split()[0] for row in table(text).splitlines() if row.startswith("#")]
+
+
 def test_centaur_prompt_holds_cmaes_state_and_history(long_study):
     history, state = long_study
     suggestion = state["next_suggestion"]
@@ -203,8 +214,7 @@ def test_centaur_prompt_holds_cmaes_state_and_history(long_study):
     best = min((t for t in history if not t.failed), key=lambda t: t.val_bpb)
     assert f"#{best.number} cmaes {best.val_bpb:.4f} | " in text and f"Trial #{best.number}, val_bpb" in text
     # the last 20 trials, in order (an older one may still be shown among the top 5: only this section counts)
-    recent = text.split("## Last 20 evaluations\n", 1)[1].split("\n## ", 1)[0].split("\nEarlier failures:", 1)[0]
-    assert [row.split()[0] for row in recent.splitlines() if row.startswith("#")] == [f"#{n}" for n in range(180, 200)]
+    assert shown(text) == [f"#{n}" for n in range(180, 200)] and "(oldest first; 180 earlier trials not shown)" in text
     assert "FAILED oom (RESOURCE_EXHAUSTED: Out of memory" in text  # failure reasons
     assert "FAILED diverged (loss is NaN at step 113)" in text
     assert "Earlier failures" in text
@@ -219,13 +229,32 @@ def test_llm_prompt_holds_history_and_best(long_study):
     text = user_text(messages)
     assert text.rstrip().endswith(REPLY_INSTRUCTION)
     assert all(f"- {n}: " in text for n in SPACE.names)
-    assert "Last 20 evaluations" in text and "FAILED oom (" in text
+    assert shown(text) == [f"#{n}" for n in range(180, 200)] and "FAILED oom (" in text
     best = min((t for t in history if not t.failed), key=lambda t: t.val_bpb)
     assert f"Trial #{best.number}, val_bpb {best.val_bpb:.4f}" in text
     assert estimate_tokens(messages) < 0.85 * MAX_PROMPT_TOKENS
     # the first ask of a study: only the default has run
     first = user_text(llm_prompt(SPACE, history[:1]))
-    assert "Last 1 evaluations" in first and "\n#0 default " in first
+    assert "## Evaluations\n(oldest first)\n" in first and shown(first) == ["#0"] and "\n#0 default " in first
+
+
+@pytest.mark.parametrize("prompt", ["llm", "centaur"])
+def test_consecutive_prompts_share_their_start_up_to_the_new_rows(long_study, prompt):
+    """A server that keeps the previous prompt (llama.cpp) reads only what follows the common start: for turns
+    a window apart that is the new rows and what comes after them, not the whole table again."""
+    history, state = long_study
+
+    def text(n: int) -> str:
+        if prompt == "llm":
+            return user_text(llm_prompt(SPACE, history[:n]))
+        return user_text(centaur_prompt(SPACE, state, history[:n], state["next_suggestion"]))
+
+    for earlier, later in ((150, 151), (150, 153), (150, 159)):  # one window: trials 130 on
+        a, b = text(earlier), text(later)
+        assert shown(a)[0] == shown(b)[0] == "#130" and len(shown(b)) == later - 130
+        end_of_rows = a.index(table(a)) + len(table(a))
+        assert b[:end_of_rows] == a[:end_of_rows]
+    assert shown(text(160))[0] == "#140"  # the next window: 20 rows again
 
 
 def longest_printed(p) -> object:
@@ -254,11 +283,12 @@ def test_a_maximized_metric_reaches_the_prompts_under_its_own_name_and_values(lo
 
 
 def test_the_worst_case_prompts_still_show_20_evaluations():
-    # Built by hand, not by a run, so it is the same on every CPU: every value at its longest, 200 trials of which
-    # all but the default and five failed with reasons longer than the prompt shows, a dense covariance matrix.
+    # Built by hand, not by a run, so it is the same on every CPU: every value at its longest, trials of which
+    # all but the default and five failed with reasons longer than the prompt shows, a dense covariance matrix
+    # (210 trials, cut at 200 and 209).
     worst = {p.name: longest_printed(p) for p in SPACE.params}
     history = [record(0, DEFAULT, 1.2345678, "default")]
-    for n in range(1, 200):
+    for n in range(1, 210):
         failed = record(n, worst, None, "llm→fallback", status="oom")
         history.append(dataclasses.replace(failed, error="RESOURCE_EXHAUSTED: Out of memory allocating " * 5))
     for n in (3, 5, 7, 9, 11):
@@ -266,9 +296,10 @@ def test_the_worst_case_prompts_still_show_20_evaluations():
     d = SPACE.dim
     state = {"names": list(SPACE.names), "mean": dict.fromkeys(SPACE.names, 0.123456), "sigma": 0.123456,
              "generation": 123, "covariance": 0.5 * np.eye(d) - 0.123456, "sigma0": 0.25}  # fmt: skip
-    for messages in (centaur_prompt(SPACE, state, history, worst), llm_prompt(SPACE, history)):
-        assert f"Last {RECENT} evaluations" in user_text(messages) and RECENT == 20
-        assert estimate_tokens(messages) <= MAX_PROMPT_TOKENS
+    for n in (200, 209):  # the fewest and the most rows a window of 20 holds (see prompt._window_start)
+        for messages in (centaur_prompt(SPACE, state, history[:n], worst), llm_prompt(SPACE, history[:n])):
+            assert len(shown(user_text(messages))) >= RECENT == 20
+            assert estimate_tokens(messages) <= MAX_PROMPT_TOKENS
 
 
 def test_prompts_shrink_to_a_token_budget(long_study):
@@ -276,10 +307,10 @@ def test_prompts_shrink_to_a_token_budget(long_study):
     full = centaur_prompt(SPACE, state, history, state["next_suggestion"])
     small = centaur_prompt(SPACE, state, history, state["next_suggestion"], max_tokens=4500)
     assert estimate_tokens(small) <= 4500 < estimate_tokens(full)
-    assert "Last 20 evaluations" not in user_text(small) and "Top 5 trials" in user_text(small)
+    assert len(shown(user_text(small))) < 20 and "Top 5 trials" in user_text(small)
     assert user_text(small).rstrip().endswith(REPLY_INSTRUCTION)
     tiny = centaur_prompt(SPACE, state, history, state["next_suggestion"], max_tokens=100)  # over budget
-    assert "Last 1 evaluations" in user_text(tiny) and "Covariance matrix C" in user_text(tiny)  # still complete
+    assert shown(user_text(tiny)) == ["#199"] and "Covariance matrix C" in user_text(tiny)  # still complete
 
 
 def test_prompts_for_a_fresh_study():

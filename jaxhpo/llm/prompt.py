@@ -33,7 +33,7 @@ from jaxhpo.journal import TrialRecord
 from jaxhpo.objective import VAL_BPB, Objective
 from jaxhpo.space import Param, Space
 
-RECENT = 20  # evaluations shown (the original's "last 20")
+RECENT = 20  # evaluations shown at least (the original's "last 20"), up to RECENT // 2 - 1 more: see _window_start
 TOP = 5  # best trials shown in Centaur's prompt
 MAX_PROMPT_TOKENS = 7200  # estimated; a local server's context lowers it (see proposers.llm.prompt_budget)
 CHARS_PER_TOKEN = 1.9  # non-digit characters per token in these prompts, for SmolLM2's tokenizer (measured)
@@ -412,19 +412,27 @@ def _section(title: str, body: str) -> str:
     return f"## {title}\n{body}"
 
 
+def _window_start(n_trials: int, n: int) -> int:
+    """Where the table of evaluations starts: the last n trials at least, from a start that moves n // 2 trials
+    at a time, so that the prompts of consecutive turns share the table's first rows. A server that keeps the
+    previous prompt (llama.cpp does) then reads only the rows that are new, not the whole table again: with the
+    table after the parts that never change, most of a 5,000-token prompt."""
+    step = max(1, n // 2)
+    return max(0, (n_trials - n) // step * step)
+
+
 def _recent(history: Sequence[TrialRecord], space: Space, n: int, n_failures: int = 5,
             objective: Objective = VAL_BPB) -> str:  # fmt: skip
-    """The last n trials as a table, and the most recent `n_failures` failures before them (where not to go)."""
-    rows = list(history)[-n:] if n else []
+    """The last n trials or up to n // 2 more (see `_window_start`) as a table, oldest first, after the most
+    recent `n_failures` failures before them (where not to go), which change only with the window."""
+    start = _window_start(len(history), n) if n else len(history)
+    rows = list(history)[start:]
     if not rows:
         return "none yet"
-    skipped = len(history) - len(rows)
-    head = f"(oldest first; {skipped} earlier trials not shown)" if skipped else "(oldest first)"
-    text = f"{head}\n{trials_header(space, objective)}\n{fmt_trials(rows, space, objective)}"
-    earlier = [t for t in list(history)[:skipped] if t.failed][-n_failures:] if n_failures else []
-    if earlier:
-        text += "\nEarlier failures:\n" + fmt_trials(earlier, space, objective)
-    return text
+    earlier = [t for t in list(history)[:start] if t.failed][-n_failures:] if n_failures else []
+    failures = f"Earlier failures:\n{fmt_trials(earlier, space, objective)}\n" if earlier else ""
+    head = f"(oldest first; {start} earlier trials not shown)" if start else "(oldest first)"
+    return f"{failures}{head}\n{trials_header(space, objective)}\n{fmt_trials(rows, space, objective)}"
 
 
 def _running(pending: Sequence[Mapping], space: Space) -> list[str]:
@@ -508,8 +516,8 @@ def _messages(static: Sequence[str], dynamic: Sequence[str]) -> list[dict]:
 def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord | None = None,
                n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS, pending: Sequence[Mapping] = (),
                objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
-    """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations (with
-    failure reasons), the configurations still running (if any), the best configuration so far, guidance, and
+    """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations or a few more
+    (with failure reasons; see `_window_start`), the configurations still running (if any), the best configuration so far, guidance, and
     the JSON-only instruction; at most `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
     best = best if best is not None else best_trial(history)
     if best is not None:
@@ -532,7 +540,7 @@ def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord |
 
     def build(n: int) -> list[dict]:
         return _messages(static, [
-            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5), objective)),
+            _section("Evaluations", _recent(history, space, n, min(n, 5), objective)),
             *_running(pending, space),
             _section("Best configuration so far", best_text),
             _failures_summary(history) + " " + _reply_format(space),
@@ -634,10 +642,10 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
     `state` is `CMAESProposer.state_summary()` (optionally with "sigma0", the initial step size); `suggestion` is
     the configuration CMA-ES would run next, and `suggestion_p_fail` the failure model's probability that it fails
     when the model predicts it does (jaxhpo.feasibility; None: not predicted to fail, or no model). The prompt holds
-    the search space; CMA-ES's mean (decoded to parameter values and in unit coordinates, with each coordinate's
+    the search space; the last evaluations with failure reasons (before the rest, which changes every turn: see
+    `_window_start`); CMA-ES's mean (decoded to parameter values and in unit coordinates, with each coordinate's
     standard deviation σ·sqrt(C_kk)), σ, the covariance matrix labelled by parameter, the suggestion (marked when
-    predicted to fail); the top trials; the last evaluations with failure reasons; the configurations still
-    running (if any); the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens`
+    predicted to fail); the top trials; the configurations still running (if any); the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens`
     estimated tokens (fewer recent evaluations are shown if need be).
     """
     names = list(state.get("names") or space.names)
@@ -676,9 +684,9 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
 
     def build(n: int) -> list[dict]:
         return _messages(static, [
+            _section("Evaluations", _recent(history, space, n, min(n, 5), objective)),  # first: see _window_start
             _section("CMA-ES state", cmaes),
             _section(f"Top {len(ok)} trials", top),
-            _section(f"Last {min(n, len(history))} evaluations", _recent(history, space, n, min(n, 5), objective)),
             *_running(pending, space),
             _section("Best configuration so far", best_text),
             f"Now sigma = {sigma:.3f}, which is {_sigma_phase(sigma, sigma0)}. {_failures_summary(history)} "
