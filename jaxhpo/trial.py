@@ -348,12 +348,13 @@ def _classify(trial_dir: Path, returncode: int | None, timeout_s: float, started
     if returncode is None:
         return Outcome("timeout", None, f"no result after {timeout_s:.0f}s; killed", wall, started, ended)
     result_path = trial_dir / RESULT_FILE
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
+    if returncode < 0 or not result_path.exists():
+        how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
-        return Outcome("crashed", None, f"killed by {name}", wall, started, ended, result)
-    if not result_path.exists():
-        return Outcome("crashed", None, f"exit code {returncode}: {_log_tail(trial_dir)}", wall, started, ended)
+        tail = _log_tail(trial_dir)
+        if device.oom_in_log(tail):  # refused memory and died before it could say so in result.json
+            return Outcome("oom", None, f"out of memory: {how}: {tail}", wall, started, ended, result)
+        return Outcome("crashed", None, f"{how}: {tail}" if returncode >= 0 else how, wall, started, ended, result)
     result = json.loads(result_path.read_text())
     status = result.get("status", "crashed")
     if status == "ok":

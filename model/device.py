@@ -123,6 +123,13 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
 
 
+def oom_in_log(text: str) -> bool:
+    """True when a trainer's output says it was refused memory: XLA's allocation errors, or C++'s std::bad_alloc,
+    which aborts the process when it is thrown on one of XLA's own threads (compiling a large step under the
+    address-space limit, for one), before any result is written."""
+    return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory allocating", "std::bad_alloc"))
+
+
 def is_oom(exc: BaseException) -> bool:
     """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, XLA:CPU's "Out of memory allocating <N> bytes"
     (an INTERNAL error when a program's buffers are allocated as it is dispatched), or the host refusing memory.

@@ -1,11 +1,15 @@
 """The memory pre-flight and the compilation cache, on real runs of the trainer: a configuration that really runs
 out of memory under the limit is refused after compiling only, one that fits trains; runs that differ only in
-learning rates compile once."""
+learning rates compile once; a trainer that dies on a refused allocation is an OOM."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from jaxhpo.trial import LOG_FILE, _classify
 from tests.conftest import run_cli
 
 # Far past 3 GB: about 1.3 B float32 parameters plus Muon/Adam state.
@@ -50,3 +54,19 @@ def test_a_configuration_that_fits_passes_and_learning_rates_do_not_recompile(tm
     assert second["compile_seconds"] < first["compile_seconds"]
     other_shape = train(tmp_path / "c", data_cache, cache, "model.depth=1")
     assert other_shape["compile_cache"]["programs"]["misses"] == 3  # a new shape: new programs
+
+
+@pytest.mark.parametrize("last_words, status", [
+    ("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n", "oom"),
+    ("Fatal Python error: Aborted\n", "crashed"),
+])  # fmt: skip
+def test_a_trainer_that_aborts_after_a_refused_allocation_ended_out_of_memory(last_words, status, tmp_path):
+    """C++'s std::bad_alloc thrown on one of XLA's threads (compiling a large step under the address-space limit)
+    aborts the trainer before result.json exists: that trial ran out of memory; another abort is a crash. The
+    process here prints what libstdc++ prints, then really aborts."""
+    with open(tmp_path / LOG_FILE, "w") as log:
+        code = f"import os, sys; sys.stderr.write({last_words!r}); sys.stderr.flush(); os.abort()"
+        proc = subprocess.run([sys.executable, "-c", code], stderr=log)
+    outcome = _classify(tmp_path, proc.returncode, 60.0, 0.0, 1.0)
+    assert proc.returncode == -signal.SIGABRT and outcome.status == status
+    assert outcome.error.startswith("out of memory: killed by SIGABRT" if status == "oom" else "killed by SIGABRT")
