@@ -354,7 +354,7 @@ def _classify(trial_dir: Path, returncode: int | None, timeout_s: float, started
         tail = _log_tail(trial_dir)
         if device.oom_in_log(tail):  # refused memory and died before it could say so in result.json
             return Outcome("oom", None, f"out of memory: {how}: {tail}", wall, started, ended, result)
-        return Outcome("crashed", None, f"{how}: {tail}" if returncode >= 0 else how, wall, started, ended, result)
+        return Outcome("crashed", None, f"{how}: {tail}", wall, started, ended, result)
     result = json.loads(result_path.read_text())
     status = result.get("status", "crashed")
     if status == "ok":

@@ -123,19 +123,23 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
 
 
+# XLA's words for a refused allocation: RESOURCE_EXHAUSTED, or XLA:CPU's INTERNAL "Out of memory allocating <N>
+# bytes" when a program's buffers are allocated as it is dispatched.
+XLA_OOM_MESSAGES = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
+
+
 def oom_in_log(text: str) -> bool:
-    """True when a trainer's output says it was refused memory: XLA's allocation errors, or C++'s std::bad_alloc,
-    which aborts the process when it is thrown on one of XLA's own threads (compiling a large step under the
+    """True when a trainer's output says it was refused memory: XLA's messages, or C++'s std::bad_alloc, which
+    aborts the process when it is thrown on one of XLA's own threads (compiling a large step under the
     address-space limit, for one), before any result is written."""
-    return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory allocating", "std::bad_alloc"))
+    return any(s in text for s in (*XLA_OOM_MESSAGES, "std::bad_alloc"))
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an allocation failure: XLA's RESOURCE_EXHAUSTED, XLA:CPU's "Out of memory allocating <N> bytes"
-    (an INTERNAL error when a program's buffers are allocated as it is dispatched), or the host refusing memory.
-    Under an address-space limit, also XLA:CPU's YNNPACK kernels failing: they report a refused allocation only as
-    "YNNPACK operation failed" (after printing "allocate of <N> failed")."""
-    if isinstance(exc, MemoryError) or any(s in str(exc) for s in ("RESOURCE_EXHAUSTED", "Out of memory allocating")):
+    """True for an allocation failure: XLA_OOM_MESSAGES, or the host refusing memory. Under an address-space
+    limit, also XLA:CPU's YNNPACK kernels failing: they report a refused allocation only as "YNNPACK operation
+    failed" (after printing "allocate of <N> failed")."""
+    if isinstance(exc, MemoryError) or any(s in str(exc) for s in XLA_OOM_MESSAGES):
         return True
     limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
     return limited and "YNNPACK operation failed" in str(exc)

@@ -169,7 +169,8 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     if cfg.preflight and not footprint.fits:
         raise preflight.PredictedOOM(footprint.message())
 
-    params, opt_state = init(*init_inputs)
+    # Waited for: a refused allocation raises here, as the OOM it is, not later from wherever memory runs out next.
+    params, opt_state = jax.block_until_ready(init(*init_inputs))
 
     batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed, cfg.data.layout)
     # Made before training, so that a held-out split too small for the evaluation is refused before the budget

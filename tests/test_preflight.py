@@ -69,4 +69,5 @@ def test_a_trainer_that_aborts_after_a_refused_allocation_ended_out_of_memory(la
         proc = subprocess.run([sys.executable, "-c", code], stderr=log)
     outcome = _classify(tmp_path, proc.returncode, 60.0, 0.0, 1.0)
     assert proc.returncode == -signal.SIGABRT and outcome.status == status
-    assert outcome.error.startswith("out of memory: killed by SIGABRT" if status == "oom" else "killed by SIGABRT")
+    assert outcome.error.startswith("out of memory: killed by SIGABRT: " if status == "oom" else "killed by SIGABRT: ")
+    assert last_words.splitlines()[0] in outcome.error  # what the process said last

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from jaxhpo import script
-from jaxhpo.journal import Journal
+from jaxhpo.journal import Journal, JournalError
 from tests.conftest import REPO, run_cli
 
 SOURCE = '''"""A script."""
@@ -150,10 +150,12 @@ def test_kill_9_then_resume(tmp_path):
     journal = tmp_path / "run/journal.sqlite"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if journal.exists():
+        try:
             with Journal(journal, readonly=True) as j:
                 if len(j.trials()) >= 2 and j.pending():
                     break
+        except JournalError:  # not there yet, or still an empty file while the study creates it
+            pass
         time.sleep(0.2)
     study.kill()
     study.wait()

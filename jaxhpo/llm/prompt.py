@@ -517,8 +517,9 @@ def llm_prompt(space: Space, history: Sequence[TrialRecord], best: TrialRecord |
                n_recent: int = RECENT, max_tokens: int = MAX_PROMPT_TOKENS, pending: Sequence[Mapping] = (),
                objective: Objective = VAL_BPB) -> list[dict]:  # fmt: skip
     """The chat messages for one proposal of method=llm: the space, the last `n_recent` evaluations or a few more
-    (with failure reasons; see `_window_start`), the configurations still running (if any), the best configuration so far, guidance, and
-    the JSON-only instruction; at most `max_tokens` estimated tokens (fewer evaluations are shown if need be)."""
+    (with failure reasons; see `_window_start`), the configurations still running (if any), the best configuration
+    so far, guidance, and the JSON-only instruction; at most `max_tokens` estimated tokens (fewer evaluations are
+    shown if need be)."""
     best = best if best is not None else best_trial(history)
     if best is not None:
         best_text = _best_text(best, space, objective)
@@ -645,8 +646,9 @@ def centaur_prompt(space: Space, state: Mapping, history: Sequence[TrialRecord],
     the search space; the last evaluations with failure reasons (before the rest, which changes every turn: see
     `_window_start`); CMA-ES's mean (decoded to parameter values and in unit coordinates, with each coordinate's
     standard deviation σ·sqrt(C_kk)), σ, the covariance matrix labelled by parameter, the suggestion (marked when
-    predicted to fail); the top trials; the configurations still running (if any); the best configuration; guidance; and "Reply with JSON only." -- at most `max_tokens`
-    estimated tokens (fewer recent evaluations are shown if need be).
+    predicted to fail); the top trials; the configurations still running (if any); the best configuration;
+    guidance; and "Reply with JSON only." -- at most `max_tokens` estimated tokens (fewer recent evaluations are
+    shown if need be).
     """
     names = list(state.get("names") or space.names)
     sigma = float(state["sigma"])
