@@ -96,7 +96,9 @@ def test_trials_run_as_submitit_jobs_and_resume_cancels_the_jobs_a_killed_study_
     job_files = [tmp_path / f"trials/{n:04d}/submitit_job.json" for n in (0, 1)]
     deadline = time.time() + 300
     trainers = str(tmp_path / "trials")
-    while time.time() < deadline and not (all(f.exists() for f in job_files) and len(pids_running(trainers)) >= 2):
+    # each trial's own processes, not two of one trial's (its job and its trainer) while the other's job starts
+    while time.time() < deadline and not (all(f.exists() for f in job_files)
+                                          and all(pids_running(f"{trainers}/{n:04d}") for n in (0, 1))):  # fmt: skip
         time.sleep(0.5)
     assert all(f.exists() for f in job_files), "never saw both trials submitted"
     time.sleep(1)
