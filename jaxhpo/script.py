@@ -11,8 +11,8 @@ otherwise) and first on its import path, so that its sibling modules import as t
 
 The metric is read from the output (`trainer.metric`): a name printed as `name: value` -- autoresearch's format,
 the last such line wins -- or `re:<regex>` whose first group is the value. How a run ended:
-- out of memory (`oom`): XLA's RESOURCE_EXHAUSTED, PyTorch's OutOfMemoryError / "CUDA out of memory", Python's
-  MemoryError, or a SIGKILL (the kernel's OOM killer);
+- out of memory (`oom`): XLA's RESOURCE_EXHAUSTED or "Out of memory allocating", C++'s std::bad_alloc, PyTorch's
+  OutOfMemoryError / "CUDA out of memory", Python's MemoryError, or a SIGKILL (the kernel's OOM killer);
 - `diverged`: the metric printed as NaN or infinite;
 - `crashed`: a non-zero exit, or no metric in the output, with the last lines of output as the error;
 - `timeout`: no exit within the timeout; `ok` otherwise. `training_seconds: X` and `peak_vram_mb: X` lines, when
@@ -41,12 +41,13 @@ from jaxhpo import lifeline
 from jaxhpo.extract import assignments, literal_value
 from jaxhpo.space import Space
 from jaxhpo.trial import Outcome, run_process, unless_disk_full
+from model import device
 
 KEY_PREFIX = "script."
 CONFIG_PREFIX = "config."  # trainer=python: a key of the config dict the target is called with
 SCRIPT_FILE = "train.py"
 OUTPUT_FILE = "train.log"
-OOM_MARKERS = ("RESOURCE_EXHAUSTED", "OutOfMemoryError", "CUDA out of memory", "MemoryError")
+OOM_MARKERS = (*device.OOM_LOG_MESSAGES, "OutOfMemoryError", "CUDA out of memory", "MemoryError")
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|NaN|Inf|infinity)"
 
 

@@ -126,13 +126,14 @@ def peak_flops() -> float | None:
 # XLA's words for a refused allocation: RESOURCE_EXHAUSTED, or XLA:CPU's INTERNAL "Out of memory allocating <N>
 # bytes" when a program's buffers are allocated as it is dispatched.
 XLA_OOM_MESSAGES = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
+# ... and in a process's output: C++'s std::bad_alloc aborts the process when it is thrown on one of XLA's own
+# threads (compiling a large step under the address-space limit, for one), before any result is written.
+OOM_LOG_MESSAGES = (*XLA_OOM_MESSAGES, "std::bad_alloc")
 
 
 def oom_in_log(text: str) -> bool:
-    """True when a trainer's output says it was refused memory: XLA's messages, or C++'s std::bad_alloc, which
-    aborts the process when it is thrown on one of XLA's own threads (compiling a large step under the
-    address-space limit, for one), before any result is written."""
-    return any(s in text for s in (*XLA_OOM_MESSAGES, "std::bad_alloc"))
+    """True when a process's output says it was refused memory (OOM_LOG_MESSAGES)."""
+    return any(s in text for s in OOM_LOG_MESSAGES)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -60,6 +60,8 @@ def test_the_metric_is_read_from_the_output(output, metric, value):
      (1, "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory\n", "oom", "RESOURCE_EXHAUSTED"),
      (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n", "oom", "CUDA out of memory"),
      (1, "MemoryError\n", "oom", "MemoryError"),
+     (1, "INTERNAL: Out of memory allocating 4294967296 bytes.\n", "oom", "Out of memory allocating"),
+     (-signal.SIGABRT, "terminate called after throwing an instance of 'std::bad_alloc'\n", "oom", "std::bad_alloc"),
      (-signal.SIGKILL, "step 3\n", "oom", "kernel's OOM killer"),
      (2, "Traceback\nValueError: bad\n", "crashed", "exit code 2: Traceback | ValueError: bad"),
      (-signal.SIGSEGV, "", "crashed", "killed by SIGSEGV"),
