@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model.muon import scale_by_normuon, scale_by_polar_express
+from model.muon import scale_by_normuon, scale_by_polar_express, stacked_by_shape
 
 ADAM_BETAS = (0.8, 0.95)
 X0_ADAM_BETAS = (0.96, 0.95)  # autoresearch gives the x0 mixing scalars a slower first moment
@@ -126,8 +126,8 @@ def muon_momentum(count):
 
 def aspect_scale(p: jax.Array) -> float:
     """Muon's learning-rate factor: its orthogonalized update has unit spectral norm, and matrices with more
-    outputs than inputs get sqrt(fan_out / fan_in) more (flax kernels are (fan_in, fan_out))."""
-    return max(1.0, p.shape[1] / p.shape[0]) ** 0.5
+    outputs than inputs get sqrt(fan_out / fan_in) more (flax kernels are (fan_in, fan_out), alone or stacked)."""
+    return max(1.0, p.shape[-1] / p.shape[-2]) ** 0.5
 
 
 def _kernel_dims(updates):
@@ -193,6 +193,8 @@ def build_optimizer(cfg: OptimConfig, model_dim: int) -> optax.GradientTransform
     muon = optax.chain(
         direction, scale_by_time_schedule(cfg.matrix_lr, cfg, weight_decay=cfg.weight_decay, lr_scale=aspect_scale)
     )
+    if cfg.muon == "autoresearch":
+        muon = stacked_by_shape(muon)
     groups = {
         "matrix": muon,
         "embedding": embedding,
