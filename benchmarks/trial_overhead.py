@@ -11,16 +11,16 @@ here, 2026-12-07) or `--budget` seconds of training, started in each of two ways
     new interpreter   `python -m jaxhpo.trial DIR` (trial.fork_server=false)
     fork server       forked from a process that has imported the trainer (jaxhpo.forkserver; the default)
 
-Each repeat takes, for each way, a fresh, empty compilation-cache folder and runs three trials in it, one after
+Each repeat takes, for each way, a fresh, empty compilation-cache folder and runs four trials in it, one after
 the other:
 
     cold              the space's default configuration, nothing cached
-    warm, same        the same configuration again: all three programs come from jaxhpo's cache of compiled
-                      programs (model.programs), without tracing
+    warm, same        the same configuration again: its initial parameters and the three other programs come
+                      from jaxhpo's cache of compiled programs (model.programs), without tracing
     warm, other LRs   the default with its four learning rates halved: learning rates are inputs of the compiled
                       steps, not constants, so it too should compile nothing
-    warm, traced      the same configuration with jaxhpo's cache of programs emptied first: the programs are
-                      traced and lowered, then loaded from XLA's persistent cache (what every warm trial did
+    warm, traced      the same configuration with jaxhpo's cache of programs emptied first: the four programs
+                      are traced and lowered, then loaded from XLA's persistent cache (what every warm trial did
                       before model.programs); the difference to "warm, same" is what that cache saves
 
 Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is split with its result.json:
@@ -28,8 +28,9 @@ Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is spl
     start+imports     wall - total_seconds: interpreter start, imports, JAX start-up, process exit
     setup             setup_seconds: memory limit, cache, corpus (already tokenized, as the study does before
                       trial 0)
-    compile           compile_seconds: AOT compilation of the three programs, parameter and optimizer
-                      initialization, train step and eval step (or their loads from the caches)
+    compile           compile_seconds: AOT compilation of the four programs, the initial parameters, the
+                      optimizer state, the train step and the eval step (or their loads from the caches; the
+                      parameters themselves, where the cache keeps them)
     other             total - setup - compile - training - eval: pre-flight, running the initialization, the
                       input pipeline's start, writing result.json
     eval              eval_seconds: scoring val_bpb
@@ -37,7 +38,7 @@ Each trial's wall time (`Outcome.wall_seconds`, subprocess start to exit) is spl
 
 The overhead in seconds is about independent of the budget, so its share of the wall time falls as the budget
 grows: at the study default of 15 s (or the original 300 s) recompute the shares from the seconds column. The
-per-run lines give the hits and misses of the three programs in jaxhpo's cache of programs and in XLA's (result.json's
+per-run lines give the hits and misses of the four programs in jaxhpo's cache of programs and in XLA's (result.json's
 `compile_cache`, counted up to the end of their compilation) and the files in the cache folder after the run. Timings on a shared CPU are noisy;
 the table gives means over the repeats with their min-max range.
 """

@@ -11,6 +11,11 @@ version and settings, XLA's flags and the devices. A key misses whenever any of 
 too cautious, never stale; a test lowers the programs with the settings of `PROGRAM_INPUTS` changed and checks
 they are the same.
 
+Beside the programs the cache keeps the initial parameters, under the same key and the seed (`arrays`): they are
+the initialization program's output, a function of the key and the seed alone, and reading them back is faster
+than loading the program that draws them (0.02 s against 0.13 s at model=tiny, whose every random draw is a
+threefry program of its own). Only parameters up to ARRAYS_MAX_BYTES are kept; larger ones are drawn again.
+
 Entries live beside XLA's under `compile_cache_dir`, written whole and renamed, so concurrent runs share them; an
 entry that cannot be read is compiled again. Only a program compiled in this run is stored: one that XLA's
 persistent cache handed back is itself a loaded copy, and jaxlib 0.10's XLA:CPU serializes such a copy without
@@ -42,6 +47,7 @@ PROGRAM_INPUTS = frozenset({
     "save_checkpoint", "log_every_s", "preflight", "compile_cache_dir", "rungs",
 })  # fmt: skip
 FOLDER = "jaxhpo-programs"
+ARRAYS_MAX_BYTES = 64 * 2**20  # model=small's parameters are 29 MB; gpt50m's 0.2 GB would cost more to read than to draw
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -85,9 +91,12 @@ class ProgramCache:
         self.key, self.xla_counts = key, xla_counts
         self.hits = self.misses = 0
 
+    def _path(self, name: str) -> Path | None:
+        return self.folder / f"{self.key}-{name}.pkl" if self.folder else None
+
     def get(self, name: str, lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
         """The program `name`: loaded when cached, else `lower()` compiled (and cached)."""
-        path = self.folder / f"{self.key}-{name}.pkl" if self.folder else None
+        path = self._path(name)
         if path is not None and path.exists():
             try:
                 with open(path, "rb") as f:
@@ -100,16 +109,41 @@ class ProgramCache:
         compiled = lower().compile()
         self.misses += 1
         if path is not None and self.xla_counts.get("hits", 0) == xla_hits:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    pickle.dump(serialize_executable.serialize(compiled), f)
-                tmp.replace(path)
-            except (OSError, pickle.PicklingError, TypeError, ValueError):
-                pass  # a cache that cannot be written costs the next run a compile, nothing else
+            _write(path, lambda: serialize_executable.serialize(compiled))
         return compiled
+
+    def arrays(self, name: str):
+        """The arrays kept as `name` (host copies), or None. Found, they count as a hit: they stand for the program
+        that computes them, whose `get` counts otherwise."""
+        path = self._path(name)
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as f:
+                    kept = pickle.load(f)
+                self.hits += 1
+                return kept
+            except Exception:  # noqa: BLE001 -- a torn entry is computed again
+                pass
+        return None
+
+    def keep_arrays(self, name: str, tree) -> None:
+        """Keep `tree`'s arrays as `name`, when they are no larger than ARRAYS_MAX_BYTES."""
+        path = self._path(name)
+        if path is not None and sum(x.nbytes for x in jax.tree.leaves(tree)) <= ARRAYS_MAX_BYTES:
+            _write(path, lambda: jax.device_get(tree))
 
     def counts(self) -> dict[str, int]:
         """Hits and misses so far."""
         return {"hits": self.hits, "misses": self.misses}
+
+
+def _write(path: Path, payload: Callable[[], object]) -> None:
+    """Pickle `payload()` to `path` whole (written aside, then renamed): readers never see half an entry."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(payload(), f)
+        tmp.replace(path)
+    except (OSError, pickle.PicklingError, TypeError, ValueError):
+        pass  # a cache that cannot be written costs the next run a compile, nothing else

@@ -134,25 +134,34 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
 
     tx = build_optimizer(cfg.optim, m.model_dim)
 
-    def init_state(seed: jax.Array, numbers: dict[str, jax.Array]):
-        """(parameters, optimizer state) from the seed and the optimizer's numbers, both inputs: one program,
-        loaded like the steps, instead of the hundreds of small ones that building both eagerly runs (half a
-        second even when each comes from the cache)."""
-        _, params = nnx.split(GPT(m, dtype=dtype, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)
-        return params, build_optimizer(dataclasses.replace(cfg.optim, **numbers), m.model_dim).init(params)
+    # The initial state comes from two programs, loaded like the steps, instead of the hundreds of small ones that
+    # building it eagerly runs (half a second even when each comes from the cache): the parameters from the seed
+    # (or from the cache's copy of them, see model.programs), the optimizer state from them and the optimizer's
+    # numbers, which are its inputs.
+    def init_params(seed: jax.Array):
+        return nnx.split(GPT(m, dtype=dtype, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)[1]
+
+    def init_opt_state(params, numbers: dict[str, jax.Array]):
+        return build_optimizer(dataclasses.replace(cfg.optim, **numbers), m.model_dim).init(params)
 
     @functools.cache
     def graphdef() -> nnx.GraphDef:  # what the steps are traced from, needed only when one is not cached
         return nnx.graphdef(nnx.eval_shape(lambda: GPT(m, dtype=dtype, rngs=nnx.Rngs(0))))
 
-    init_inputs = (np.uint32(cfg.seed), {k: np.float32(getattr(cfg.optim, k)) for k in NUMBERS})
+    seed, numbers = np.uint32(cfg.seed), {k: np.float32(getattr(cfg.optim, k)) for k in NUMBERS}
+    shapes = functools.partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
     accum = grad_accum_steps(m)
     batch_shape = jax.ShapeDtypeStruct((accum, m.device_batch_size, m.seq_len + 1), jnp.int32)
     eval_shape = jax.ShapeDtypeStruct((m.eval_batch_size, m.seq_len + 1), jnp.int32)
     t_compile = time.time()
     programs = ProgramCache(cfg.compile_cache_dir, program_key(cfg, dtype, corpus.key), cache)
-    init = programs.get("init", lambda: jax.jit(init_state).lower(*init_inputs))
-    abstract_params, abstract_opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init.out_info)
+    params_name = f"params-seed{cfg.seed}"  # the parameters are the key's and the seed's
+    kept_params = programs.arrays(params_name)
+    if kept_params is None:
+        draw_params = programs.get("params", lambda: jax.jit(init_params).lower(seed))
+    abstract_params = shapes(draw_params.out_info if kept_params is None else kept_params)
+    init_opt = programs.get("opt_state", lambda: jax.jit(init_opt_state).lower(abstract_params, numbers))
+    abstract_opt_state = shapes(init_opt.out_info)
     step_fn = programs.get("train", lambda: jax.jit(make_train_step(graphdef(), tx), donate_argnums=(0, 1)).lower(
         abstract_params, abstract_opt_state, batch_shape, jax.ShapeDtypeStruct((), jnp.float32)))
     eval_step = programs.get("eval", lambda: make_eval_step(graphdef(), corpus.token_bytes).lower(
@@ -170,7 +179,12 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
         raise preflight.PredictedOOM(footprint.message())
 
     # Waited for: a refused allocation raises here, as the OOM it is, not later from wherever memory runs out next.
-    params, opt_state = jax.block_until_ready(init(*init_inputs))
+    if kept_params is None:
+        params = draw_params(seed)
+        programs.keep_arrays(params_name, params)
+    else:
+        params = jax.device_put(kept_params)
+    params, opt_state = jax.block_until_ready((params, init_opt(params, numbers)))
 
     batches = train_batches(corpus.train_tokens, accum * m.device_batch_size, m.seq_len, cfg.seed, cfg.data.layout)
     # Made before training, so that a held-out split too small for the evaluation is refused before the budget

@@ -1,6 +1,7 @@
 """The cache of compiled programs keyed by configuration (model.programs): what it leaves out of its key really
-does not change the programs (the initialization and the two steps), a run that loads its steps trains exactly as one that compiled them, a damaged entry is
-compiled again, and steps XLA's own cache handed back are never stored."""
+does not change the programs (the initialization's two and the two steps), a run that loads its programs (and its
+kept initial parameters) trains exactly as one that compiled them, a damaged entry is compiled again, and steps
+XLA's own cache handed back are never stored."""
 
 import dataclasses
 import json
@@ -22,13 +23,17 @@ def lowered_programs(monkeypatch, tmp_path, cfg) -> tuple[str, dict[str, str]]:
     seen: dict = {}
 
     class Recording(ProgramCache):
+        def arrays(self, name):
+            return None  # every program is lowered, even where the session's cache keeps the parameters
+
         def get(self, name, lower):
             seen["key"] = self.key
             lowered = lower()
             seen[name] = lowered.as_text()
             if name == "eval":
                 raise Lowered
-            return lowered.compile() if name == "init" else None  # the steps are lowered against its outputs
+            # the rest is lowered against the initialization's outputs
+            return lowered.compile() if name in ("params", "opt_state") else None
 
     monkeypatch.setattr(model.train, "ProgramCache", Recording)
     result = train(cfg, tmp_path)
@@ -59,7 +64,7 @@ def test_what_the_key_leaves_out_does_not_change_the_programs(monkeypatch, tmp_p
     # ...while a setting the key holds changes both: the comparison above can fail.
     other_key, other = lowered_programs(monkeypatch, tmp_path / "c", tiny_config(data_cache, max_steps=3,
                                                                                  model={"depth": 1}))  # fmt: skip
-    assert other_key != key and other["train"] != programs["train"] and other["init"] != programs["init"]
+    assert other_key != key and other["train"] != programs["train"] and other["params"] != programs["params"]
 
 
 def cli_train(out, data_cache, cache, *overrides: str) -> dict:
@@ -73,23 +78,42 @@ def test_a_run_that_loads_its_steps_trains_as_one_that_compiled_them(tmp_path, d
     cache = tmp_path / "cache"
     runs = [cli_train(tmp_path / str(i), data_cache, cache, *args) for i, args in enumerate([[], [], ["seed=3"]])]
     assert [r["status"] for r in runs] == ["ok"] * 3, runs
-    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 3}] + [{"hits": 3, "misses": 0}] * 2
+    # the second run reads the first one's initial parameters; seed 3 draws its own with the cached program
+    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 4}] + [{"hits": 4, "misses": 0}] * 2
+    assert sorted(p.name.split("-", 1)[1] for p in (cache / FOLDER).glob("*.pkl")) == [
+        "eval.pkl", "opt_state.pkl", "params-seed0.pkl", "params-seed3.pkl", "params.pkl", "train.pkl"]
     assert runs[1]["val_bpb"] == runs[0]["val_bpb"] and runs[1]["final_train_loss"] == runs[0]["final_train_loss"]
     assert runs[2]["val_bpb"] != runs[0]["val_bpb"]  # another seed: same programs, other data and initial values
     for key in ("train_peak", "eval_peak", "state"):  # XLA's memory analysis survives the round trip
         assert runs[1]["preflight"][key] == runs[0]["preflight"][key], key
     # a damaged entry is compiled again (here XLA's cache has it)
-    entries = sorted((cache / FOLDER).glob("*.pkl"))
-    assert len(entries) == 3
-    entries[0].write_bytes(b"not a program")
+    for damaged in ("eval", "params-seed0"):
+        (entry,) = (cache / FOLDER).glob(f"*-{damaged}.pkl")
+        entry.write_bytes(b"not a program")
     again = cli_train(tmp_path / "damaged", data_cache, cache)
     assert again["status"] == "ok" and again["val_bpb"] == runs[0]["val_bpb"], again
-    assert again["compile_cache"]["programs"] == {"hits": 2, "misses": 1}
+    assert again["compile_cache"]["programs"] == {"hits": 3, "misses": 1}  # the parameters drawn by their program
     # Steps that XLA's cache hands back are not stored (a copy of a loaded program would not run), and the run
     # after that one traces again and trains the same.
     shutil.rmtree(cache / FOLDER)
     traced = [cli_train(tmp_path / f"traced{i}", data_cache, cache) for i in range(2)]
     for run in traced:
         assert run["status"] == "ok" and run["val_bpb"] == runs[0]["val_bpb"], run
-        assert run["compile_cache"]["hits"] == 3 and run["compile_cache"]["programs"] == {"hits": 0, "misses": 3}
-    assert not list((cache / FOLDER).glob("*.pkl"))
+    # the parameters are data, kept whichever cache their program came from: the second run reads them
+    assert [(r["compile_cache"]["hits"], r["compile_cache"]["programs"]) for r in traced] == [
+        (4, {"hits": 0, "misses": 4}), (3, {"hits": 1, "misses": 3})]
+    assert [p.name.split("-", 1)[1] for p in (cache / FOLDER).glob("*.pkl")] == ["params-seed0.pkl"]
+
+
+def test_arrays_are_kept_up_to_their_size_limit(tmp_path, monkeypatch):
+    import numpy as np
+
+    import model.programs
+
+    cache = ProgramCache(tmp_path, "key", {})
+    cache.keep_arrays("small", {"w": np.arange(6.0)})
+    assert np.array_equal(cache.arrays("small")["w"], np.arange(6.0)) and cache.counts() == {"hits": 1, "misses": 0}
+    monkeypatch.setattr(model.programs, "ARRAYS_MAX_BYTES", 40)
+    cache.keep_arrays("large", {"w": np.arange(6.0)})  # 48 bytes: drawn again by each run, never written
+    assert cache.arrays("large") is None and not list(tmp_path.glob(f"{FOLDER}/*large*"))
+    assert ProgramCache(None, "key", {}).arrays("small") is None  # no folder, nothing kept
