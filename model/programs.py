@@ -14,7 +14,9 @@ they are the same.
 Beside the programs the cache keeps the initial parameters, under the same key and the seed (`arrays`): they are
 the initialization program's output, a function of the key and the seed alone, and reading them back is faster
 than loading the program that draws them (0.02 s against 0.13 s at model=tiny, whose every random draw is a
-threefry program of its own). Only parameters up to ARRAYS_MAX_BYTES are kept; larger ones are drawn again.
+threefry program of its own). They are kept once a run loaded that program from here, so only for shapes a study
+comes back to (a random search rarely does, and the parameters are as large as all four programs together at
+model=tiny), and only up to ARRAYS_MAX_BYTES; others are drawn again.
 
 Entries live beside XLA's under `compile_cache_dir`, written whole and renamed, so concurrent runs share them; an
 entry that cannot be read is compiled again. Only a program compiled in this run is stored: one that XLA's
@@ -90,6 +92,7 @@ class ProgramCache:
         self.folder = Path(root).expanduser() / FOLDER if root else None
         self.key, self.xla_counts = key, xla_counts
         self.hits = self.misses = 0
+        self.loaded: set[str] = set()  # the programs read from here rather than compiled
 
     def _path(self, name: str) -> Path | None:
         return self.folder / f"{self.key}-{name}.pkl" if self.folder else None
@@ -102,6 +105,7 @@ class ProgramCache:
                 with open(path, "rb") as f:
                     compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
                 self.hits += 1
+                self.loaded.add(name)
                 return compiled
             except Exception:  # noqa: BLE001 -- a torn or foreign entry (another jaxlib's) is compiled again
                 pass

@@ -170,7 +170,8 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     result["setup_seconds"] = round(t_compile - t_start, 3)
     result["compile_seconds"] = round(time.time() - t_compile, 3)
     # XLA's cache: the programs when they were not in ours
-    result["compile_cache"] = {**cache, "programs": programs.counts()}
+    result["compile_cache"] = {**cache, "programs": programs.counts(),
+                               "initial_params": "drawn" if kept_params is None else "read"}  # fmt: skip
     footprint = preflight.footprint(
         step_fn, eval_step, abstract_params, abstract_opt_state, preflight.memory_limit_bytes(cfg.memory_limit_gb)
     )
@@ -181,7 +182,8 @@ def _train(cfg: TrainConfig, out_dir: Path, t_start: float, result: dict) -> dic
     # Waited for: a refused allocation raises here, as the OOM it is, not later from wherever memory runs out next.
     if kept_params is None:
         params = draw_params(seed)
-        programs.keep_arrays(params_name, params)
+        if "params" in programs.loaded:  # a shape seen before: likely to come again
+            programs.keep_arrays(params_name, params)
     else:
         params = jax.device_put(kept_params)
     params, opt_state = jax.block_until_ready((params, init_opt(params, numbers)))

@@ -76,10 +76,13 @@ def cli_train(out, data_cache, cache, *overrides: str) -> dict:
 
 def test_a_run_that_loads_its_steps_trains_as_one_that_compiled_them(tmp_path, data_cache):
     cache = tmp_path / "cache"
-    runs = [cli_train(tmp_path / str(i), data_cache, cache, *args) for i, args in enumerate([[], [], ["seed=3"]])]
-    assert [r["status"] for r in runs] == ["ok"] * 3, runs
-    # the second run reads the first one's initial parameters; seed 3 draws its own with the cached program
-    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 4}] + [{"hits": 4, "misses": 0}] * 2
+    runs = [cli_train(tmp_path / str(i), data_cache, cache, *args) for i, args in enumerate([[], [], ["seed=3"], []])]
+    assert [r["status"] for r in runs] == ["ok"] * 4, runs
+    # The second run draws its initial parameters with the first one's program, and keeps them (a shape seen twice)
+    # for the runs after it: the last reads them and trains the same; seed 3 draws and keeps its own.
+    assert [r["compile_cache"]["programs"] for r in runs] == [{"hits": 0, "misses": 4}] + [{"hits": 4, "misses": 0}] * 3
+    assert [r["compile_cache"]["initial_params"] for r in runs] == ["drawn", "drawn", "drawn", "read"]
+    assert runs[3]["val_bpb"] == runs[0]["val_bpb"] and runs[3]["final_train_loss"] == runs[0]["final_train_loss"]
     assert sorted(p.name.split("-", 1)[1] for p in (cache / FOLDER).glob("*.pkl")) == [
         "eval.pkl", "opt_state.pkl", "params-seed0.pkl", "params-seed3.pkl", "params.pkl", "train.pkl"]
     assert runs[1]["val_bpb"] == runs[0]["val_bpb"] and runs[1]["final_train_loss"] == runs[0]["final_train_loss"]
@@ -93,16 +96,16 @@ def test_a_run_that_loads_its_steps_trains_as_one_that_compiled_them(tmp_path, d
     again = cli_train(tmp_path / "damaged", data_cache, cache)
     assert again["status"] == "ok" and again["val_bpb"] == runs[0]["val_bpb"], again
     assert again["compile_cache"]["programs"] == {"hits": 3, "misses": 1}  # the parameters drawn by their program
+    (entry,) = (cache / FOLDER).glob("*-params-seed0.pkl")  # ...and kept again
+    assert ProgramCache(cache, entry.name.split("-")[0], {}).arrays("params-seed0") is not None
     # Steps that XLA's cache hands back are not stored (a copy of a loaded program would not run), and the run
     # after that one traces again and trains the same.
     shutil.rmtree(cache / FOLDER)
     traced = [cli_train(tmp_path / f"traced{i}", data_cache, cache) for i in range(2)]
     for run in traced:
         assert run["status"] == "ok" and run["val_bpb"] == runs[0]["val_bpb"], run
-    # the parameters are data, kept whichever cache their program came from: the second run reads them
-    assert [(r["compile_cache"]["hits"], r["compile_cache"]["programs"]) for r in traced] == [
-        (4, {"hits": 0, "misses": 4}), (3, {"hits": 1, "misses": 3})]
-    assert [p.name.split("-", 1)[1] for p in (cache / FOLDER).glob("*.pkl")] == ["params-seed0.pkl"]
+        assert run["compile_cache"]["hits"] == 4 and run["compile_cache"]["programs"] == {"hits": 0, "misses": 4}
+    assert not list((cache / FOLDER).glob("*.pkl"))  # nor the parameters, whose program did not come from here
 
 
 def test_arrays_are_kept_up_to_their_size_limit(tmp_path, monkeypatch):
