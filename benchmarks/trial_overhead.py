@@ -15,10 +15,11 @@ Each repeat takes, for each way, a fresh, empty compilation-cache folder and run
 the other:
 
     cold              the space's default configuration, nothing cached
-    warm, same        the same configuration again: its initial parameters and the three other programs come
-                      from jaxhpo's cache of compiled programs (model.programs), without tracing
+    warm, same        the same configuration again: its four programs come from jaxhpo's cache of compiled
+                      programs (model.programs), without tracing; a shape seen twice, so the initial parameters
+                      it draws are kept
     warm, other LRs   the default with its four learning rates halved: learning rates are inputs of the compiled
-                      steps, not constants, so it too should compile nothing
+                      steps, not constants, so it too should compile nothing; it reads the kept parameters
     warm, traced      the same configuration with jaxhpo's cache of programs emptied first: the four programs
                       are traced and lowered, then loaded from XLA's persistent cache (what every warm trial did
                       before model.programs); the difference to "warm, same" is what that cache saves
