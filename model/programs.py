@@ -49,7 +49,9 @@ PROGRAM_INPUTS = frozenset({
     "save_checkpoint", "log_every_s", "preflight", "compile_cache_dir", "rungs",
 })  # fmt: skip
 FOLDER = "jaxhpo-programs"
-ARRAYS_MAX_BYTES = 64 * 2**20  # model=small's parameters are 29 MB; gpt50m's 0.2 GB would cost more to read than to draw
+# model=small's parameters are 29 MB; gpt50m's are 0.2 GB a shape and seed, for trials of minutes where 0.1 s is
+# nothing
+ARRAYS_MAX_BYTES = 64 * 2**20
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
