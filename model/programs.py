@@ -99,21 +99,30 @@ class ProgramCache:
     def _path(self, name: str) -> Path | None:
         return self.folder / f"{self.key}-{name}.pkl" if self.folder else None
 
+    def _read(self, name: str, load: Callable[[object], object]):
+        """`load` of the entry `name`'s unpickled payload, counted as a hit; None when there is none or it cannot be
+        read (a torn entry, or a foreign one: another jaxlib's program), which the caller computes again."""
+        path = self._path(name)
+        if path is None or not path.exists():
+            return None
+        try:
+            with open(path, "rb") as f:
+                value = load(pickle.load(f))
+        except Exception:  # noqa: BLE001 -- any unreadable entry is computed again
+            return None
+        self.hits += 1
+        return value
+
     def get(self, name: str, lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
         """The program `name`: loaded when cached, else `lower()` compiled (and cached)."""
-        path = self._path(name)
-        if path is not None and path.exists():
-            try:
-                with open(path, "rb") as f:
-                    compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
-                self.hits += 1
-                self.loaded.add(name)
-                return compiled
-            except Exception:  # noqa: BLE001 -- a torn or foreign entry (another jaxlib's) is compiled again
-                pass
+        compiled = self._read(name, lambda payload: serialize_executable.deserialize_and_load(*payload))
+        if compiled is not None:
+            self.loaded.add(name)
+            return compiled
         xla_hits = self.xla_counts.get("hits", 0)
         compiled = lower().compile()
         self.misses += 1
+        path = self._path(name)
         if path is not None and self.xla_counts.get("hits", 0) == xla_hits:
             _write(path, lambda: serialize_executable.serialize(compiled))
         return compiled
@@ -121,16 +130,7 @@ class ProgramCache:
     def arrays(self, name: str):
         """The arrays kept as `name` (host copies), or None. Found, they count as a hit: they stand for the program
         that computes them, whose `get` counts otherwise."""
-        path = self._path(name)
-        if path is not None and path.exists():
-            try:
-                with open(path, "rb") as f:
-                    kept = pickle.load(f)
-                self.hits += 1
-                return kept
-            except Exception:  # noqa: BLE001 -- a torn entry is computed again
-                pass
-        return None
+        return self._read(name, lambda tree: tree)
 
     def keep_arrays(self, name: str, tree) -> None:
         """Keep `tree`'s arrays as `name`, when they are no larger than ARRAYS_MAX_BYTES."""

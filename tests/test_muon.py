@@ -1,11 +1,13 @@
 """autoresearch's Muon pieces (model.muon) against NumPy references written from autoresearch's train.py, in its
 PyTorch layout ((out, in) matrices; flax kernels are the transpose)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from model.muon import polar_express, scale_by_normuon
+from model.muon import polar_express, scale_by_normuon, scale_by_polar_express, stacked_by_shape
 
 # autoresearch's polar_express_coeffs, as its train.py lists them
 COEFFS = [
@@ -74,11 +76,6 @@ def test_normuon_is_autoresearchs_over_several_steps(shape):
 def test_muon_on_stacked_matrices_is_muon_on_each():
     # Three matrices of one shape and two of others, through the Muon chain for three steps, stacked by shape and
     # one by one: the same updates and states, and the stacked step builds fewer kernels.
-    import jax
-    import optax
-
-    from model.muon import scale_by_polar_express, stacked_by_shape
-
     rng = np.random.default_rng(2)
     shapes = {"a": (32, 16), "b": (32, 16), "c": (16, 64), "d": (32, 16), "e": (8, 8)}
     params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
